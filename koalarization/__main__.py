@@ -1,0 +1,3 @@
+from koalarization.cli import main
+
+raise SystemExit(main())

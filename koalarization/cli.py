@@ -1,0 +1,123 @@
+"""Command line: argument parsing only. Each subcommand maps its flags 1:1 onto config fields and calls
+one function of the package. Errors meant for people print as one line and exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from koalarization.errors import KoalarizationError
+
+# Defaults are read from the frozen config, never repeated here.
+DEFAULT = None
+
+
+def _add_train(sub) -> None:
+    from koalarization.config import AugmentConfig, ModelConfig, TrainConfig
+
+    t, m, a = TrainConfig(), ModelConfig(), AugmentConfig()
+    p = sub.add_parser("train", help="train on a folder of photos", description="Train Deep Koalarization.")
+    p.add_argument("--data", required=True, help="folder of photos (searched recursively)")
+    p.add_argument("--output", default=DEFAULT, help=f"run folder (default: {t.output})")
+    p.add_argument("--epochs", type=int, default=DEFAULT, help=f"maximum epochs (default: {t.epochs})")
+    p.add_argument("--batch-size", type=int, default=DEFAULT, help=f"photos per step (default: {t.batch_size})")
+    p.add_argument("--image-size", type=int, default=DEFAULT, help=f"training size, multiple of 8 (default: {m.image_size})")
+    p.add_argument("--embedder", default=DEFAULT, help=f"global feature extractor (default: {m.embedder})")
+    p.add_argument("--embedder-weights", default=DEFAULT, metavar="PATH", help="local weights file of the embedder")
+    p.add_argument("--learning-rate", type=float, default=DEFAULT, help=f"RMSprop rate (default: {t.learning_rate})")
+    p.add_argument("--gpus", type=int, default=DEFAULT, help="train on N GPUs with MirroredStrategy")
+    p.add_argument("--seed", type=int, default=DEFAULT, help=f"split, shuffle and augmentation seed (default: {t.seed})")
+    p.add_argument("--workers", type=int, default=DEFAULT, help=f"decoding threads (default: {t.workers})")
+    p.add_argument("--backup-every-steps", type=int, default=DEFAULT, metavar="N",
+                   help="back up every N steps instead of every epoch")
+    p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    p.add_argument("--shear", type=float, default=DEFAULT, help=f"shear angle, degrees (default: {a.shear})")
+    p.add_argument("--zoom", type=float, default=DEFAULT, help=f"zoom range (default: {a.zoom})")
+    p.add_argument("--rotation", type=float, default=DEFAULT, help=f"rotation, degrees (default: {a.rotation})")
+    p.add_argument("--no-flip", action="store_true", help="no horizontal flips")
+
+
+def _add_test(sub) -> None:
+    p = sub.add_parser("test", help="colorize the held-out photos and measure them",
+                       description="Write predicted/, bw/, actual/, metrics.csv and summary.json.")
+    p.add_argument("--data", required=True, help="the folder trained on (its saved test split is used), or any folder")
+    p.add_argument("--weights", required=True, help="colorize.weights.h5 of a run (config.json beside it)")
+    p.add_argument("--output", default="model_output/test", help="where to write (default: model_output/test)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None, help="test on the first N photos only")
+    p.add_argument("--embedder-weights", default=None, metavar="PATH", help="local weights file of the embedder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="koalarization", description="Deep Koalarization: colorize photos with a CNN and a global embedding."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_test(sub)
+    return parser
+
+
+def run_config_from_args(args):
+    from koalarization.config import AugmentConfig, ModelConfig, RunConfig, TrainConfig, replace
+
+    augment = replace(
+        AugmentConfig(), enabled=False if args.no_augment else None, shear=args.shear, zoom=args.zoom,
+        rotation=args.rotation, flip=False if args.no_flip else None,
+    )
+    model = replace(ModelConfig(), image_size=args.image_size, embedder=args.embedder)
+    train = replace(
+        TrainConfig(), data=args.data, output=args.output, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, gpus=args.gpus, seed=args.seed, workers=args.workers,
+        embedder_weights=args.embedder_weights, backup_every_steps=args.backup_every_steps, augment=augment,
+    )
+    return RunConfig(model=model, train=train)
+
+
+def _train(args) -> int:
+    from koalarization.embedding import get_spec
+    from koalarization.train import train
+
+    cfg = run_config_from_args(args)
+    get_spec(cfg.model.embedder)  # an unknown name fails before anything is built
+    result = train(cfg)
+    print(f"trained {result.epochs_run} epoch(s); best weights: {result.output / 'colorize.weights.h5'}"
+          + (f"; skipped {result.skipped_files} file(s)" if result.skipped_files else "")
+          + (f"; {result.failed_files} failed to decode" if result.failed_files else ""))
+    return 0
+
+
+def _test(args) -> int:
+    from koalarization.evaluate import evaluate
+
+    summary = evaluate(args.data, args.weights, args.output, batch_size=args.batch_size,
+                       embedder_weights=args.embedder_weights, limit=args.limit)
+    print(json.dumps(summary))
+    return 0
+
+
+COMMANDS = {"train": _train, "test": _test}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s"
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not for users
+    try:
+        return COMMANDS[args.command](args)
+    except KoalarizationError as err:
+        print(f"koalarization {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"koalarization {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

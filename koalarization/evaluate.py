@@ -1,0 +1,124 @@
+"""`test`: colorize held-out photos, write the reference's outputs and measure them honestly.
+
+For each photo (squashed to the network size S x S, as in training), writes
+    predicted/NAME.png   L of the photo + predicted ab
+    bw/NAME.png          L of the photo, ab = 0 (the gray baseline every number must beat)
+    actual/NAME.png      the photo itself
+and `metrics.csv` (per photo: PSNR and SSIM on RGB against the photo, colourfulness; the same for the gray
+baseline), `summary.json` (the means). PSNR/SSIM come from scikit-image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from tqdm import tqdm
+
+from koalarization import color, images
+from koalarization.checkpoint import load_trained
+from koalarization.data import SPLIT_FILE, Split, write_text_atomic
+from koalarization.errors import KoalarizationError
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FOLDERS = ("predicted", "bw", "actual")
+SUMMARY_KEYS = ("n_images", "psnr", "ssim", "colorfulness", "gray_psnr", "gray_ssim", "gt_colorfulness")
+
+
+def colorfulness(rgb_uint8: np.ndarray) -> float:
+    """Hasler & Suesstrunk (2003) colourfulness of a uint8 RGB image (REFERENCE.md): 0 for gray."""
+    r, g, b = (rgb_uint8[..., i].astype(np.float64) for i in range(3))
+    rg, yb = r - g, 0.5 * (r + g) - b
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def image_metrics(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+    """(PSNR in dB, SSIM) of a uint8 RGB prediction against the photo."""
+    psnr = peak_signal_noise_ratio(actual, predicted, data_range=255)
+    ssim = structural_similarity(actual, predicted, channel_axis=-1, data_range=255)
+    return float(psnr), float(ssim)
+
+
+def save_png_atomic(rgb_uint8: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(rgb_uint8).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def test_files(data: str | Path, weights: str | Path) -> list[Path]:
+    """The held-out split saved beside the weights when it belongs to `data`, else every photo of `data`."""
+    split_file = Path(weights).parent / SPLIT_FILE
+    if split_file.is_file():
+        split = Split.load(split_file)
+        if split.root == Path(data).absolute():
+            return list(split.test)
+        log.info("%s belongs to %s, not %s: testing on every photo of %s", split_file, split.root, data, data)
+    return images.find_images(data)
+
+
+def _output_name(path: Path, root: Path) -> str:
+    try:
+        rel = path.relative_to(root) if root.is_dir() else Path(path.name)
+    except ValueError:
+        rel = Path(path.name)
+    return "__".join(rel.with_suffix("").parts) + ".png"
+
+
+def evaluate(data, weights, output, batch_size: int = 16, embedder_weights=None, limit=None) -> dict:
+    """Run `test` (see the module docstring); returns the summary dict."""
+    files = test_files(data, weights)[:limit]
+    if not files:
+        raise KoalarizationError(f"--data {data}: no photos to test on")
+    model, cfg = load_trained(weights, embedder_weights)
+    size = cfg.model.image_size
+    output = Path(output)
+    for folder in OUTPUT_FOLDERS:
+        (output / folder).mkdir(parents=True, exist_ok=True)
+
+    rows, skipped = [], 0
+    for start in tqdm(range(0, len(files), batch_size), desc="test", unit="batch", leave=False):
+        batch, names = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                batch.append(images.resize_rgb(images.load_rgb(path, max_side=size), size))
+                names.append((path, _output_name(path, Path(data))))
+            except images.ImageError as err:
+                log.warning("skipping %s", err)
+                skipped += 1
+        if not batch:
+            continue
+        actual = np.stack(batch)
+        lightness, _ = color.rgb_uint8_to_network(actual)
+        ab = np.asarray(model.predict(lightness, verbose=0))
+        predicted = color.to_uint8(color.network_to_rgb(lightness, ab))
+        bw = color.to_uint8(color.gray_rgb_from_l(lightness))
+        for i, (path, name) in enumerate(names):
+            for folder, img in zip(OUTPUT_FOLDERS, (predicted[i], bw[i], actual[i])):
+                save_png_atomic(img, output / folder / name)
+            psnr, ssim = image_metrics(actual[i], predicted[i])
+            gray_psnr, gray_ssim = image_metrics(actual[i], bw[i])
+            rows.append({
+                "file": str(path), "psnr": psnr, "ssim": ssim, "colorfulness": colorfulness(predicted[i]),
+                "gray_psnr": gray_psnr, "gray_ssim": gray_ssim, "gt_colorfulness": colorfulness(actual[i]),
+            })
+    if not rows:
+        raise KoalarizationError(f"--data {data}: none of the {len(files)} photos could be read")
+
+    tmp = output / ".metrics.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, output / "metrics.csv")
+    summary = {"n_images": len(rows)}
+    summary.update({k: float(np.mean([r[k] for r in rows])) for k in SUMMARY_KEYS[1:]})
+    summary["skipped"] = skipped
+    write_text_atomic(output / "summary.json", json.dumps(summary, indent=2))
+    return summary

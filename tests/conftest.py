@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny synthetic photos and a tiny network config, so the suite runs on 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "large: slow or needs ../shared data; run with -m large")
+
+
+def synthetic_photo(seed: int, size=(48, 40)) -> np.ndarray:
+    """A colourful uint8 RGB image (H, W, 3): smooth gradients plus blobs, different for every seed."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    channels = []
+    for _ in range(3):
+        fx, fy, phase = rng.uniform(1, 4, 3)
+        channels.append(0.5 + 0.5 * np.sin(2 * np.pi * (fx * x + fy * y) + phase * 3))
+    return (np.stack(channels, -1) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def photo_dir(tmp_path) -> Path:
+    """Eight small colour JPEG/PNG photos in nested folders, with mixed-case extensions."""
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    for i in range(8):
+        folder = root / "sub" if i % 2 else root
+        suffix = [".jpg", ".PNG", ".jpeg", ".png"][i % 4]
+        Image.fromarray(synthetic_photo(i)).save(folder / f"photo{i}{suffix}", quality=95)
+    return root
+
+
+@pytest.fixture
+def tiny_model_config():
+    from koalarization.config import UP, ModelConfig
+
+    return ModelConfig(
+        image_size=32,
+        encoder=((8, 2), (8, 1), (16, 2), (16, 1), (16, 2), (16, 1), (16, 1), (8, 1)),
+        fusion_filters=8,
+        decoder=(16, UP, 8, UP, 8, 8),
+        embedder="tiny_random",
+    )

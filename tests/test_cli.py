@@ -1,0 +1,152 @@
+"""The command line end to end on tiny photos: train, resume, test, and bad input."""
+
+import csv
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from koalarization.cli import main, run_config_from_args, build_parser
+from koalarization.train import train
+
+TINY = ["--image-size", "32", "--embedder", "tiny_random", "--batch-size", "2", "--workers", "2"]
+
+
+def train_args(data, output, epochs=1, *extra):
+    return ["train", "--data", str(data), "--output", str(output), "--epochs", str(epochs), *TINY, *extra]
+
+
+def event_tags(log_dir: Path) -> set[str]:
+    import tensorflow as tf
+
+    tags = set()
+    for events in log_dir.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+def read_log(output):
+    with open(output / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_one_epoch_writes_checkpoint_config_log_and_events(photo_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(photo_dir, out)) == 0
+    assert "trained 1 epoch" in capsys.readouterr().out
+    assert (out / "colorize.weights.h5").stat().st_size > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["image_size"] == 32 and config["model"]["embedder"] == "tiny_random"
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) + len(split["test"]) == 8
+    rows = read_log(out)
+    assert [r["epoch"] for r in rows] == ["0"]
+    assert {"loss", "val_loss", "learning_rate"} <= set(rows[0])
+    assert np.isfinite(float(rows[0]["val_loss"]))
+    assert "epoch_loss" in event_tags(out / "logs")
+    assert not (out / "backup").exists()  # a finished run leaves no backup behind
+
+
+class StopAfterFirstEpoch(keras.callbacks.Callback):
+    """Stands for a Ctrl-C / kill right after the first epoch was backed up."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_at_the_next_epoch(photo_dir, tmp_path):
+    out = tmp_path / "run"
+    args = build_parser().parse_args(train_args(photo_dir, out, 3))
+    cfg = run_config_from_args(args)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[StopAfterFirstEpoch()], verbose=0)
+    assert (out / "backup").is_dir()
+    assert [r["epoch"] for r in read_log(out)] == ["0"]
+    # Started again with the same command: continues at the second epoch, not from scratch.
+    assert main(train_args(photo_dir, out, 3)) == 0
+    assert [r["epoch"] for r in read_log(out)] == ["0", "1", "2"]
+    assert not (out / "backup").exists()
+
+
+def test_resume_with_another_network_is_refused(photo_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = run_config_from_args(build_parser().parse_args(train_args(photo_dir, out, 2)))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[StopAfterFirstEpoch()], verbose=0)
+    args = train_args(photo_dir, out, 2)
+    args[args.index("32")] = "40"
+    assert main(args) == 1
+    assert "different network" in capsys.readouterr().err
+
+
+def test_test_command_writes_folders_metrics_and_summary(photo_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(photo_dir, out)) == 0
+    test_out = tmp_path / "test"
+    assert main(["test", "--data", str(photo_dir), "--weights", str(out / "colorize.weights.h5"),
+                 "--output", str(test_out)]) == 0
+    summary = json.loads((test_out / "summary.json").read_text())
+    held_out = json.loads((out / "split.json").read_text())["test"]
+    assert summary["n_images"] == len(held_out) == 2
+    for folder in ("predicted", "bw", "actual"):
+        written = sorted(p.name for p in (test_out / folder).iterdir())
+        assert len(written) == 2
+        assert all(Image.open(test_out / folder / name).size == (32, 32) for name in written)
+    for key in ("psnr", "ssim", "colorfulness", "gray_psnr", "gray_ssim", "gt_colorfulness"):
+        assert np.isfinite(summary[key]), key
+    assert 5 < summary["gray_psnr"] < 60
+    assert summary["gt_colorfulness"] > 10
+    with open(test_out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    bw = np.asarray(Image.open(next((test_out / "bw").iterdir())).convert("RGB")).astype(int)
+    assert np.abs(bw[..., 0] - bw[..., 1]).max() <= 1  # bw/ is gray: colourfulness ~ 0
+    from koalarization.evaluate import colorfulness
+
+    assert colorfulness(bw.astype(np.uint8)) < 1.0
+
+
+def test_empty_folder_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(train_args(tmp_path / "empty", tmp_path / "run")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no usable colour photos" in err and "empty" in err
+
+
+def test_corrupt_and_fake_images_are_skipped_with_warnings(photo_dir, tmp_path, capsys, caplog):
+    (photo_dir / "fake.jpg").write_text("this is text, not a JPEG")
+    (photo_dir / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    out = tmp_path / "run"
+    assert main(train_args(photo_dir, out)) == 0
+    assert "skipped 2 file(s)" in capsys.readouterr().out
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("fake.jpg" in m and "not an image" in m for m in messages)
+    assert any("corrupt.png" in m for m in messages)
+
+
+def test_missing_weights_is_one_clear_error(photo_dir, tmp_path, capsys):
+    code = main(["test", "--data", str(photo_dir), "--weights", str(tmp_path / "nope.weights.h5")])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope.weights.h5" in err and "not found" in err
+
+
+def test_wrong_weights_file_is_one_clear_error(photo_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(photo_dir, out)) == 0
+    (out / "colorize.weights.h5").write_bytes(b"garbage")
+    code = main(["test", "--data", str(photo_dir), "--weights", str(out / "colorize.weights.h5")])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot load" in err
+
+
+def test_unknown_embedder_is_one_clear_error(photo_dir, tmp_path, capsys):
+    args = train_args(photo_dir, tmp_path / "run")
+    args[args.index("tiny_random")] = "resnet9000"
+    assert main(args) == 1
+    assert "unknown embedder" in capsys.readouterr().err

@@ -1,0 +1,107 @@
+"""The network against the published layer table (REFERENCE.md), fusion, freezing and save/load."""
+
+import keras
+import numpy as np
+import pytest
+
+from koalarization.config import ModelConfig
+from koalarization.embedding import build_embedder
+from koalarization.errors import KoalarizationError
+from koalarization.model import Fusion, build_colorizer, build_model, colorizer_of
+
+# REFERENCE.md, "The network" (Keras versions): (filters, stride) of each 3x3 conv, in order.
+REFERENCE_TABLE = [
+    (64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 1), (256, 1),  # encoder
+    (256, 1),  # fusion, 1x1
+    (128, 1), (64, 1), (32, 1), (16, 1), (2, 1),  # decoder
+]
+
+
+def conv_params(cin, cout, k=3):
+    return k * k * cin * cout + cout
+
+
+def test_layer_table_and_parameter_count_match_the_reference():
+    model = build_colorizer(ModelConfig(image_size=256))
+    convs = [l for l in _flat_layers(model) if isinstance(l, keras.layers.Conv2D)]
+    assert [(c.filters, c.strides[0]) for c in convs] == REFERENCE_TABLE
+    assert [c.kernel_size for c in convs] == [(3, 3)] * 8 + [(1, 1)] + [(3, 3)] * 5
+    assert convs[-1].activation.__name__ == "tanh"
+    assert all(c.activation.__name__ == "relu" for c in convs[:-1])
+    # Independent count from the table: encoder, 1x1 fusion over 256 + 1000 channels, decoder.
+    encoder = [1, 64, 128, 128, 256, 256, 512, 512, 256]
+    expected = sum(conv_params(a, b) for a, b in zip(encoder, encoder[1:]))
+    expected += conv_params(256 + 1000, 256, k=1)
+    decoder = [256, 128, 64, 32, 16, 2]
+    expected += sum(conv_params(a, b) for a, b in zip(decoder, decoder[1:]))
+    assert model.count_params() == expected == 6_541_202  # "~6.5 M" in the reference
+    assert model.output_shape == (None, 256, 256, 2)
+    ups = [l for l in _flat_layers(model) if isinstance(l, keras.layers.UpSampling2D)]
+    assert len(ups) == 3
+
+
+def _flat_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _flat_layers(layer)
+        else:
+            yield layer
+
+
+def test_fusion_equals_reference_repeatvector_reshape_at_256():
+    rng = np.random.default_rng(0)
+    grid = rng.normal(size=(2, 32, 32, 256)).astype("float32")
+    embedding = rng.random((2, 1000)).astype("float32")
+    ours = Fusion()([grid, embedding])
+    repeated = keras.layers.RepeatVector(32 * 32)(embedding)
+    repeated = keras.layers.Reshape((32, 32, 1000))(repeated)
+    reference = keras.layers.concatenate([grid, repeated], axis=3)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(reference))
+
+
+@pytest.mark.parametrize("size", [24, 40, 64])
+def test_any_size_divisible_by_8_works(size, tiny_model_config):
+    from dataclasses import replace
+
+    cfg = replace(tiny_model_config, image_size=size)
+    model = build_model(cfg, build_embedder("tiny_random"))
+    out = model.predict(np.zeros((1, size, size, 1), "float32"), verbose=0)
+    assert out.shape == (1, size, size, 2)
+    assert np.abs(out).max() <= 1.0
+
+
+def test_size_not_divisible_by_8_is_a_clear_error():
+    with pytest.raises(KoalarizationError, match="multiple of 8"):
+        ModelConfig(image_size=100)
+
+
+def test_embedder_is_frozen_and_only_colorizer_trains(tiny_model_config):
+    embedder = build_embedder("tiny_random")
+    model = build_model(tiny_model_config, embedder)
+    assert {id(v) for v in model.trainable_weights} == {id(v) for v in colorizer_of(model).trainable_weights}
+    before = [w.copy() for w in embedder.get_weights()]
+    model.compile(optimizer="rmsprop", loss="mse")
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 1)).astype("float32")
+    y = np.random.default_rng(1).uniform(-0.5, 0.5, (4, 32, 32, 2)).astype("float32")
+    colorizer_before = [w.copy() for w in colorizer_of(model).get_weights()]
+    model.fit(x, y, epochs=1, verbose=0)
+    for a, b in zip(before, embedder.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(colorizer_before, colorizer_of(model).get_weights()))
+
+
+def test_save_then_load_gives_identical_predictions(tmp_path, tiny_model_config):
+    model = build_model(tiny_model_config, build_embedder("tiny_random"))
+    path = tmp_path / "colorize.weights.h5"
+    colorizer_of(model).save_weights(path)
+    again = build_model(tiny_model_config, build_embedder("tiny_random"))
+    colorizer_of(again).load_weights(path)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 1)).astype("float32")
+    np.testing.assert_array_equal(model.predict(x, verbose=0), again.predict(x, verbose=0))
+
+
+def test_fusion_layer_serializes():
+    layer = Fusion(name="f")
+    clone = Fusion.from_config(layer.get_config())
+    assert clone.name == "f"
+    assert keras.saving.get_registered_object("koalarization>Fusion") is Fusion
