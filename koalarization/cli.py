@@ -48,6 +48,7 @@ def _add_test(sub) -> None:
     p.add_argument("--output", default="model_output/test", help="where to write (default: model_output/test)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, default=None, help="test on the first N photos only")
+    p.add_argument("--grid-rows", type=int, default=8, help="photos in grid.png (default: 8)")
     p.add_argument("--embedder-weights", default=None, metavar="PATH", help="local weights file of the embedder")
 
 
@@ -95,7 +96,7 @@ def _test(args) -> int:
     from koalarization.evaluate import evaluate
 
     summary = evaluate(args.data, args.weights, args.output, batch_size=args.batch_size,
-                       embedder_weights=args.embedder_weights, limit=args.limit)
+                       embedder_weights=args.embedder_weights, limit=args.limit, grid_rows=args.grid_rows)
     print(json.dumps(summary))
     return 0
 

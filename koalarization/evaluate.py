@@ -4,8 +4,9 @@ For each photo (squashed to the network size S x S, as in training), writes
     predicted/NAME.png   L of the photo + predicted ab
     bw/NAME.png          L of the photo, ab = 0 (the gray baseline every number must beat)
     actual/NAME.png      the photo itself
-and `metrics.csv` (per photo: PSNR and SSIM on RGB against the photo, colourfulness; the same for the gray
-baseline), `summary.json` (the means). PSNR/SSIM come from scikit-image.
+`grid.png` (bw | predicted | actual rows for a sample, captioned with PSNR), `metrics.csv` (per photo:
+PSNR and SSIM on RGB against the photo, colourfulness; the same for the gray
+baseline) and `summary.json` (the means). PSNR/SSIM come from scikit-image.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from koalarization import color, images
 from koalarization.checkpoint import load_trained
 from koalarization.data import SPLIT_FILE, Split, write_text_atomic
 from koalarization.errors import KoalarizationError
+from koalarization.plots import plot_grid
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +73,14 @@ def _output_name(path: Path, root: Path) -> str:
     return "__".join(rel.with_suffix("").parts) + ".png"
 
 
-def evaluate(data, weights, output, batch_size: int = 16, embedder_weights=None, limit=None) -> dict:
-    """Run `test` (see the module docstring); returns the summary dict."""
+def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=None, grid_rows=8) -> dict:
+    """Run `test` (see the module docstring, plus `grid.png` of `grid_rows` photos); returns the summary."""
     files = test_files(data, weights)[:limit]
     if not files:
         raise KoalarizationError(f"--data {data}: no photos to test on")
+    # An evenly spread, deterministic sample for the picture grid.
+    in_grid = {files[int(i)] for i in np.linspace(0, len(files) - 1, min(grid_rows, len(files))).round()}
+    grid = []
     model, cfg = load_trained(weights, embedder_weights)
     size = cfg.model.image_size
     output = Path(output)
@@ -108,6 +113,9 @@ def evaluate(data, weights, output, batch_size: int = 16, embedder_weights=None,
                 "file": str(path), "psnr": psnr, "ssim": ssim, "colorfulness": colorfulness(predicted[i]),
                 "gray_psnr": gray_psnr, "gray_ssim": gray_ssim, "gt_colorfulness": colorfulness(actual[i]),
             })
+            if path in in_grid:
+                grid.append({"name": path.name, "bw": bw[i], "predicted": predicted[i], "actual": actual[i],
+                             "psnr": psnr, "gray_psnr": gray_psnr})
     if not rows:
         raise KoalarizationError(f"--data {data}: none of the {len(files)} photos could be read")
 
@@ -120,5 +128,6 @@ def evaluate(data, weights, output, batch_size: int = 16, embedder_weights=None,
     summary = {"n_images": len(rows)}
     summary.update({k: float(np.mean([r[k] for r in rows])) for k in SUMMARY_KEYS[1:]})
     summary["skipped"] = skipped
+    plot_grid(grid, output / "grid.png")
     write_text_atomic(output / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -5,7 +5,8 @@ Files in the output folder:
     split.json             train/val/test files (what `test` evaluates on)
     colorize.weights.h5    best colorizer weights by val_loss (ModelCheckpoint, written atomically)
     log.csv                loss, val_loss and learning rate per epoch (appended across resumed runs)
-    logs/                  TensorBoard events
+    curves.png             the same as a picture, redrawn every epoch
+    logs/                  TensorBoard events: scalars, and colorized validation photos every epoch
     backup/                BackupAndRestore state while a run is unfinished: rerunning resumes from it
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import keras
 
 from koalarization import checkpoint
+from koalarization.callbacks import CurvesPlot, ValidationImages
 from koalarization.config import RunConfig
 from koalarization.data import SPLIT_FILE, BatchSource, EpochSetter, Split, make_split, scan_photos
 from koalarization.data import write_text_atomic
@@ -30,6 +32,7 @@ from koalarization.model import build_model, colorizer_of
 log = logging.getLogger(__name__)
 
 LOG_FILE = "log.csv"
+CURVES_FILE = "curves.png"
 BACKUP_DIR = "backup"
 
 
@@ -149,8 +152,11 @@ def build_callbacks(cfg, output, colorizer, sources, resuming, extra=()):
         # After ReduceLROnPlateau, which adds the learning rate to the logs it writes.
         keras.callbacks.CSVLogger(str(output / LOG_FILE), append=True),
     ]
+    callbacks.append(CurvesPlot(output / LOG_FILE, output / CURVES_FILE))
     if keras.backend.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(str(output / "logs"), write_graph=False))
+        lightness, ab, _ = sources[1][0]  # the first validation batch, the same every epoch
+        callbacks.append(ValidationImages(output / "logs", lightness, ab))
     return callbacks + list(extra)
 
 

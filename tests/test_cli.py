@@ -47,7 +47,11 @@ def test_train_one_epoch_writes_checkpoint_config_log_and_events(photo_dir, tmp_
     assert [r["epoch"] for r in rows] == ["0"]
     assert {"loss", "val_loss", "learning_rate"} <= set(rows[0])
     assert np.isfinite(float(rows[0]["val_loss"]))
-    assert "epoch_loss" in event_tags(out / "logs")
+    tags = event_tags(out / "logs")
+    assert "epoch_loss" in tags
+    assert "validation/bw|predicted|actual" in tags  # colorized validation photos as image summaries
+    with Image.open(out / "curves.png") as curves:
+        assert curves.format == "PNG" and curves.size == (1000, 360)  # loss | learning rate panels
     assert not (out / "backup").exists()  # a finished run leaves no backup behind
 
 
@@ -100,6 +104,8 @@ def test_test_command_writes_folders_metrics_and_summary(photo_dir, tmp_path, ca
         assert np.isfinite(summary[key]), key
     assert 5 < summary["gray_psnr"] < 60
     assert summary["gt_colorfulness"] > 10
+    with Image.open(test_out / "grid.png") as grid:  # one 260 px row per sampled photo, 3 columns
+        assert grid.format == "PNG" and grid.size == (750, 260 * 2)
     with open(test_out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2

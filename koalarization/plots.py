@@ -1,0 +1,81 @@
+"""Pictures people judge a colorizer by: learning curves and bw | predicted | actual grids (matplotlib).
+
+Both write PNGs atomically (temporary name, then rename) with the non-interactive Agg backend, so they work
+on servers and in CI.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+GRID_COLUMNS = ("bw", "predicted", "actual")
+
+
+def _figure(rows: int, cols: int, size: tuple[float, float]):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, safe in threads
+
+    fig = Figure(figsize=size, dpi=100, layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+
+
+def read_log(log_csv: str | Path) -> dict[str, list[float]]:
+    """CSVLogger's file -> {column: values per epoch}; empty cells become NaN."""
+    with open(log_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = rows[0].keys() if rows else []
+    return {c: [float(r[c]) if r.get(c) not in (None, "") else float("nan") for r in rows] for c in columns}
+
+
+def plot_curves(log_csv: str | Path, out_png: str | Path) -> Path:
+    """loss and val_loss (left, log scale) and the learning rate (right) per epoch."""
+    log = read_log(log_csv)
+    epochs = [int(e) + 1 for e in log.get("epoch", [])]
+    fig, axes = _figure(1, 2, (10, 3.6))
+    loss_ax, lr_ax = axes[0]
+    for key, style in (("loss", "-o"), ("val_loss", "-s")):
+        if key in log:
+            loss_ax.plot(epochs, log[key], style, markersize=3, label=key)
+    loss_ax.set(xlabel="epoch", ylabel="MSE on ab (scaled)", yscale="log", title="loss")
+    loss_ax.legend()
+    loss_ax.grid(alpha=0.3)
+    if "learning_rate" in log:
+        lr_ax.plot(epochs, log["learning_rate"], "-o", markersize=3, color="tab:green")
+    lr_ax.set(xlabel="epoch", ylabel="learning rate", yscale="log", title="learning rate")
+    lr_ax.grid(alpha=0.3)
+    out_png = Path(out_png)
+    _save(fig, out_png)
+    return out_png
+
+
+def plot_grid(rows: list[dict], out_png: str | Path) -> Path:
+    """One row per photo: bw | predicted | actual, captioned with the photo's name and PSNRs.
+
+    rows: dicts with uint8 RGB images under "bw", "predicted", "actual", and "name", "psnr", "gray_psnr".
+    """
+    fig, axes = _figure(len(rows), 3, (7.5, 2.6 * len(rows)))
+    for r, row in enumerate(rows):
+        for c, column in enumerate(GRID_COLUMNS):
+            ax = axes[r][c]
+            ax.imshow(np.asarray(row[column]))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(column)
+        axes[r][0].set_ylabel(str(row["name"])[:28], fontsize=8)
+        axes[r][1].set_xlabel(f"PSNR {row['psnr']:.2f} dB (gray {row['gray_psnr']:.2f} dB)", fontsize=8)
+    out_png = Path(out_png)
+    _save(fig, out_png)
+    return out_png
