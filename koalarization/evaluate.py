@@ -6,7 +6,8 @@ For each photo (squashed to the network size S x S, as in training), writes
     actual/NAME.png      the photo itself
 `grid.png` (bw | predicted | actual rows for a sample, captioned with PSNR), `metrics.csv` (per photo:
 PSNR and SSIM on RGB against the photo, colourfulness; the same for the gray
-baseline) and `summary.json` (the means). PSNR/SSIM come from scikit-image.
+baseline) and `summary.json` (the means over the photos that have colour; photos that are gray themselves
+are listed in metrics.csv and counted as `n_gray_truth`). PSNR/SSIM come from scikit-image.
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
         if not batch:
             continue
         actual = np.stack(batch)
-        lightness, _ = color.rgb_uint8_to_network(actual)
+        lightness, true_ab = color.rgb_uint8_to_network(actual)
+        # Mean chroma of the photo itself: below 1 (of about 128) the photo has no colour to recover.
+        chroma = np.hypot(true_ab[..., 0], true_ab[..., 1]).mean(axis=(1, 2)) * color.AB_SCALE
         ab = np.asarray(model.predict(lightness, verbose=0))
         predicted = color.to_uint8(color.network_to_rgb(lightness, ab))
         bw = color.to_uint8(color.gray_rgb_from_l(lightness))
@@ -112,6 +115,7 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
             rows.append({
                 "file": str(path), "psnr": psnr, "ssim": ssim, "colorfulness": colorfulness(predicted[i]),
                 "gray_psnr": gray_psnr, "gray_ssim": gray_ssim, "gt_colorfulness": colorfulness(actual[i]),
+                "gray_truth": bool(chroma[i] < 1.0),
             })
             if path in in_grid:
                 grid.append({"name": path.name, "bw": bw[i], "predicted": predicted[i], "actual": actual[i],
@@ -125,9 +129,12 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, output / "metrics.csv")
-    summary = {"n_images": len(rows)}
-    summary.update({k: float(np.mean([r[k] for r in rows])) for k in SUMMARY_KEYS[1:]})
-    summary["skipped"] = skipped
+    # Photos that are gray themselves have no colour to recover, and the gray baseline reproduces them
+    # exactly (infinite PSNR): the means cover the colour photos; metrics.csv lists every photo.
+    scored = [r for r in rows if not r["gray_truth"]] or rows
+    summary = {"n_images": len(scored)}
+    summary.update({k: float(np.mean([r[k] for r in scored])) for k in SUMMARY_KEYS[1:]})
+    summary.update(n_gray_truth=len(rows) - len(scored) if scored is not rows else 0, skipped=skipped)
     plot_grid(grid, output / "grid.png")
     write_text_atomic(output / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import synthetic_photo
+
 from koalarization.cli import main, run_config_from_args, build_parser
 from koalarization.train import train
 
@@ -114,6 +116,18 @@ def test_test_command_writes_folders_metrics_and_summary(photo_dir, tmp_path, ca
     from koalarization.evaluate import colorfulness
 
     assert colorfulness(bw.astype(np.uint8)) < 1.0
+
+    # Another folder (no saved split for it): every photo; a photo that is gray itself is counted apart,
+    # so the means stay finite (its gray baseline would be a perfect, infinite-PSNR copy).
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(synthetic_photo(50)).save(other / "colour.png")
+    Image.fromarray(synthetic_photo(51)[..., 1]).convert("RGB").save(other / "gray.png")
+    assert main(["test", "--data", str(other), "--weights", str(out / "colorize.weights.h5"),
+                 "--output", str(tmp_path / "test2")]) == 0
+    summary = json.loads((tmp_path / "test2" / "summary.json").read_text())
+    assert summary["n_images"] == 1 and summary["n_gray_truth"] == 1
+    assert all(np.isfinite(summary[k]) for k in ("psnr", "gray_psnr", "ssim", "gray_ssim"))
 
 
 def test_empty_folder_is_one_clear_error(tmp_path, capsys):
