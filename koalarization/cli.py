@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+from koalarization import benchmark, prepare, serving_cli
 from koalarization.errors import KoalarizationError
 
 # Defaults are read from the frozen config, never repeated here.
@@ -28,16 +29,23 @@ def _add_train(sub) -> None:
     p.add_argument("--embedder", default=DEFAULT, help=f"global feature extractor (default: {m.embedder})")
     p.add_argument("--embedder-weights", default=DEFAULT, metavar="PATH", help="local weights file of the embedder")
     p.add_argument("--learning-rate", type=float, default=DEFAULT, help=f"RMSprop rate (default: {t.learning_rate})")
-    p.add_argument("--gpus", type=int, default=DEFAULT, help="train on N GPUs with MirroredStrategy")
+    p.add_argument("--gpus", type=int, default=DEFAULT,
+                   help="train on N GPUs with MirroredStrategy (--batch-size is global); several machines: "
+                        "set TF_CONFIG (docs/distributed.md)")
     p.add_argument("--seed", type=int, default=DEFAULT, help=f"split, shuffle and augmentation seed (default: {t.seed})")
     p.add_argument("--workers", type=int, default=DEFAULT, help=f"decoding threads (default: {t.workers})")
     p.add_argument("--backup-every-steps", type=int, default=DEFAULT, metavar="N",
-                   help="back up every N steps instead of every epoch")
+                   help="also back up every N steps, not only every epoch (a killed run loses at most N steps)")
     p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     p.add_argument("--shear", type=float, default=DEFAULT, help=f"shear angle, degrees (default: {a.shear})")
     p.add_argument("--zoom", type=float, default=DEFAULT, help=f"zoom range (default: {a.zoom})")
     p.add_argument("--rotation", type=float, default=DEFAULT, help=f"rotation, degrees (default: {a.rotation})")
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips")
+    p.add_argument("--prepared", default=DEFAULT, metavar="DIR", help="read photos from a `prepare` folder (same batches)")
+    p.add_argument("--precision", default=DEFAULT, help=f"float32, mixed_float16 or mixed_bfloat16 (default: {t.precision})")
+    p.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
+    p.add_argument("--device-preprocessing", action="store_true",
+                   help="uint8 batches; augmentation, Lab and scaling in the model's graph")
 
 
 def _add_test(sub) -> None:
@@ -52,6 +60,16 @@ def _add_test(sub) -> None:
     p.add_argument("--embedder-weights", default=None, metavar="PATH", help="local weights file of the embedder")
 
 
+def _add_check_embedder(sub) -> None:
+    p = sub.add_parser("check-embedder", help="ImageNet top-1 of an embedder on labelled photos",
+                       description="Classify photos named nXXXXXXXX_label.JPEG (all 1000 classes present) "
+                                   "and print top-1/top-5 accuracy and the time per image.")
+    p.add_argument("--embedder", default="efficientnet_lite0")
+    p.add_argument("--data", required=True, help="e.g. ../shared/data/imagenet-sample")
+    p.add_argument("--limit", type=int, default=250, help="first N photos by file name (default: 250)")
+    p.add_argument("--embedder-weights", default=None, metavar="PATH")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="koalarization", description="Deep Koalarization: colorize photos with a CNN and a global embedding."
@@ -60,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_test(sub)
+    _add_check_embedder(sub)
+    benchmark.add_parsers(sub)
+    prepare.add_parser(sub)
+    serving_cli.add_parsers(sub)
     return parser
 
 
@@ -75,6 +97,8 @@ def run_config_from_args(args):
         TrainConfig(), data=args.data, output=args.output, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, gpus=args.gpus, seed=args.seed, workers=args.workers,
         embedder_weights=args.embedder_weights, backup_every_steps=args.backup_every_steps, augment=augment,
+        prepared=args.prepared, precision=args.precision, jit_compile=True if args.jit_compile else None,
+        device_preprocessing=True if args.device_preprocessing else None,
     )
     return RunConfig(model=model, train=train)
 
@@ -101,7 +125,25 @@ def _test(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "test": _test}
+def _check_embedder(args) -> int:
+    from koalarization.efficientnet_lite import VARIANTS
+    from koalarization.embedder_check import imagenet_top1
+
+    if args.embedder not in VARIANTS:
+        raise KoalarizationError(f"--embedder {args.embedder}: check-embedder supports {', '.join(VARIANTS)}")
+    weights = args.embedder_weights or "auto"
+    print(json.dumps(imagenet_top1(args.embedder, args.data, limit=args.limit, weights=weights)))
+    return 0
+
+
+COMMANDS = {
+    "train": _train,
+    "test": _test,
+    "check-embedder": _check_embedder,
+    **benchmark.COMMANDS,
+    **prepare.COMMANDS,
+    **serving_cli.COMMANDS,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

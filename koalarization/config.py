@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from koalarization.errors import KoalarizationError
 
 UP = "up"  # decoder token: UpSampling2D x2
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # TrainConfig.precision: Keras dtype policies
 
 # REFERENCE.md, "The network": encoder 64 s2 . 128 . 128 s2 . 256 . 256 s2 . 512 . 512 . 256
 REFERENCE_ENCODER = ((64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 1), (256, 1))
@@ -83,14 +85,21 @@ class TrainConfig:
     val_fraction: float = 0.1275
     test_fraction: float = 0.15
     workers: int = 4  # threads decoding and augmenting photos
-    gpus: int = 0  # >1: tf.distribute.MirroredStrategy over that many GPUs
+    gpus: int = 0  # >1: tf.distribute.MirroredStrategy over that many GPUs (TF_CONFIG: several machines)
     embedder_weights: str | None = None  # local weights file for the embedder, instead of downloading
     early_stopping_patience: int = 15
     early_stopping_min_delta: float = 1e-5
     reduce_lr_factor: float = 0.1
     reduce_lr_patience: int = 5
     min_learning_rate: float = 1e-8
-    backup_every_steps: int | None = None  # BackupAndRestore frequency; None: every epoch
+    backup_every_steps: int | None = None  # backup.py: also every N optimizer steps; None: every epoch only
+    # Speed (docs/performance.md). prepared: a `prepare` folder, read instead of decoding the photos (same
+    # batches); device_preprocessing: uint8 batches, augmentation warp, Lab and scaling in the model's graph
+    # (device_preprocessing.py); precision: a Keras dtype policy, PRECISIONS; jit_compile: XLA train step.
+    prepared: str | None = None
+    device_preprocessing: bool = False
+    precision: str = "float32"
+    jit_compile: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -104,8 +113,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "RunConfig":
-        train = dict(raw.get("train", {}))
-        augment = AugmentConfig(**train.pop("augment", {}))
+        """Unknown model fields are an error (the network would differ); unknown training fields, from
+        another version of koalarization, are dropped with a warning so old and new runs still load."""
+        train = _known_fields(TrainConfig, dict(raw.get("train", {})))
+        augment = AugmentConfig(**_known_fields(AugmentConfig, dict(train.pop("augment", {}))))
         return cls(model=ModelConfig(**raw.get("model", {})), train=TrainConfig(**train, augment=augment))
 
     @classmethod
@@ -117,6 +128,14 @@ class RunConfig:
             raise KoalarizationError(f"{path}: config file not found") from None
         except (json.JSONDecodeError, TypeError, ValueError) as err:
             raise KoalarizationError(f"{path}: not a koalarization config ({err})") from None
+
+
+def _known_fields(cls, raw: dict) -> dict:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        logging.getLogger(__name__).warning("ignoring unknown %s fields in config: %s", cls.__name__, unknown)
+    return {k: v for k, v in raw.items() if k in known}
 
 
 def replace(obj, **changes):

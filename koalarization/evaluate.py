@@ -44,7 +44,8 @@ def colorfulness(rgb_uint8: np.ndarray) -> float:
 
 def image_metrics(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
     """(PSNR in dB, SSIM) of a uint8 RGB prediction against the photo."""
-    psnr = peak_signal_noise_ratio(actual, predicted, data_range=255)
+    with np.errstate(divide="ignore"):  # identical images: PSNR is +inf, by definition
+        psnr = peak_signal_noise_ratio(actual, predicted, data_range=255)
     ssim = structural_similarity(actual, predicted, channel_axis=-1, data_range=255)
     return float(psnr), float(ssim)
 
@@ -60,7 +61,7 @@ def test_files(data: str | Path, weights: str | Path) -> list[Path]:
     split_file = Path(weights).parent / SPLIT_FILE
     if split_file.is_file():
         split = Split.load(split_file)
-        if split.root == Path(data).absolute():
+        if split.belongs_to(data):
             return list(split.test)
         log.info("%s belongs to %s, not %s: testing on every photo of %s", split_file, split.root, data, data)
     return images.find_images(data)

@@ -6,6 +6,7 @@ Errors are `ImageError` (a KoalarizationError) with a one-line message naming th
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -120,3 +121,34 @@ def resize_rgb(rgb: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     if rgb.shape[:2] == (height, width):
         return rgb
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0))
+
+
+def load_rgb_bytes(data: bytes, name: str = "upload") -> np.ndarray:
+    """Decode an image held in memory (an upload) like `load_rgb`: uint8 RGB (H, W, 3), upright.
+
+    Nothing touches the disk; `name` only labels the one-line `ImageError` messages. Same pixel limit.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: too many pixels (decompression bomb?)") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image (or an unsupported format)") from None
+    except OSError as err:
+        raise ImageError(f"{name}: cannot read ({err})") from None
+    with image:
+        if image.width * image.height > MAX_PIXELS:
+            raise ImageError(f"{name}: {image.width}x{image.height} pixels is more than the {MAX_PIXELS} allowed")
+        try:
+            rgb = _to_rgb(ImageOps.exif_transpose(image))
+            rgb.load()
+        except OSError as err:
+            raise ImageError(f"{name}: corrupt or truncated image ({err})") from None
+        except (ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise ImageError(f"{name}: cannot decode ({err})") from None
+    array = np.asarray(rgb, dtype=np.uint8)
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ImageError(f"{name}: empty image")
+    return array

@@ -1,7 +1,7 @@
 """Pictures people judge a colorizer by: learning curves and bw | predicted | actual grids (matplotlib).
 
-Both write PNGs atomically (temporary name, then rename) with the non-interactive Agg backend, so they work
-on servers and in CI.
+Both write PNGs atomically (temporary name, then rename) without pyplot, so they work on servers, in CI
+and in notebooks alike.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ GRID_COLUMNS = ("bw", "predicted", "actual")
 
 
 def _figure(rows: int, cols: int, size: tuple[float, float]):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, safe in threads
+    # A bare Figure saves through the Agg canvas without pyplot: no global backend switch (a notebook keeps
+    # its inline backend), no global figure state (safe in threads), no display needed.
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=size, dpi=100, layout="constrained")
     return fig, fig.subplots(rows, cols, squeeze=False)

@@ -156,3 +156,12 @@ def test_augmentation_keeps_content_and_fills_edges():
     assert rotated[:3, :3].mean() > 20 and rotated[-3:, -3:].mean() > 20
     flipped = apply_affine(rgb, np.diag([-1.0, 1.0]))
     assert np.abs(flipped.astype(int) - rgb[:, ::-1].astype(int)).mean() < 3
+
+
+def test_split_recognises_its_folder_however_it_is_spelled(tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "other").mkdir()
+    split = make_split(tmp_path / "photos", [tmp_path / "photos" / f"{i}.jpg" for i in range(5)], 0.2, 0.2, 0)
+    monkeypatch.chdir(tmp_path / "other")
+    assert split.belongs_to("../photos") and split.belongs_to(tmp_path / "photos")
+    assert not split.belongs_to(".")

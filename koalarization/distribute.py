@@ -1,0 +1,282 @@
+"""Distributed training: the strategy, who is chief, which photos each replica reads, and the workaround
+that lets Keras 3 `fit` run under MultiWorkerMirroredStrategy (docs/distributed.md).
+
+    placement(gpus, strategy=None) -> Placement
+        TF_CONFIG naming 2+ tasks   MultiWorkerMirroredStrategy: this process is worker `index` of `count`
+        --gpus N > 1                MirroredStrategy over N GPUs (JAX backend: keras.distribution.DataParallel)
+        otherwise                   one device
+
+`--batch-size` is global: one optimizer step reads `batch_size` photos split evenly over all replicas (all
+GPUs of all workers), so the same flags train the same way on any number of replicas; scale the learning
+rate yourself if you scale the batch. Every replica reads only its slice of each batch (BatchSource.view),
+so each photo is read once per epoch across the job. Only the chief writes to --output (checkpoints, logs,
+config, backups); other workers write to a temporary folder, as TensorFlow's documentation recommends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from koalarization.backup import Start
+from koalarization.errors import KoalarizationError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """This process's place in a job: worker `index` of `count`, in TensorFlow's order (chief first)."""
+
+    index: int = 0
+    count: int = 1
+
+    @property
+    def is_chief(self) -> bool:
+        return self.index == 0
+
+
+def parse_tf_config(text: str | None) -> Cluster:
+    """TF_CONFIG = {"cluster": {"chief": [addr], "worker": [addr, ...]}, "task": {"type": ..., "index": i}}.
+    Without a "chief" list, worker 0 is the chief."""
+    if not text:
+        return Cluster()
+    try:
+        raw = json.loads(text)
+        tasks = [("chief", i) for i in range(len(raw["cluster"].get("chief", [])))]
+        tasks += [("worker", i) for i in range(len(raw["cluster"].get("worker", [])))]
+        me = (raw["task"]["type"], int(raw["task"]["index"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise KoalarizationError(f"TF_CONFIG is not a valid cluster description ({err!r}); see docs/distributed.md") from None
+    if set(raw["cluster"]) - {"chief", "worker"} or me not in tasks:
+        raise KoalarizationError(
+            f"TF_CONFIG: task {me[0]} {me[1]} in cluster {sorted(raw['cluster'])}: only 'chief' and 'worker' "
+            "tasks are supported, and the task must be one of them"
+        )
+    return Cluster(tasks.index(me), len(tasks))
+
+
+@dataclass
+class Placement:
+    """Where training runs. `replicas`: how many replicas share each global batch."""
+
+    strategy: object = None
+    cluster: Cluster = field(default_factory=Cluster)
+    replicas: int = 1
+
+    def scope(self):
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def run_dir(self, output: Path) -> Path:
+        """Where this process writes: --output on the chief, a new temporary folder on the other workers."""
+        if self.cluster.is_chief:
+            return output
+        return Path(tempfile.mkdtemp(prefix=f"koalarization-worker{self.cluster.index}-"))
+
+    def release(self, run_dir: Path) -> None:
+        if not self.cluster.is_chief:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    def feed(self, source, epochs: tuple[int, int] | None = None):
+        """(what `fit` reads, the BatchSources whose epoch EpochSetter sets). No tf.distribute strategy:
+        `source` itself, a PyDataset. Otherwise a tf.data pipeline: for training (`epochs` = (first, last)),
+        every batch from batch `source.start` of epoch `first` to the end of epoch `last - 1`, read ahead
+        across epochs (`fit(steps_per_epoch=...)` keeps one iterator: making one per epoch stalled each epoch
+        start of a multi-worker run ~10 s); for validation (`epochs` None), one pass per iterator.
+        One worker: whole batches, which Keras splits over the local replicas (not the PyDataset: under
+        MirroredStrategy, Keras' reader of it lost or reordered batches with 2+ threads). Several workers:
+        this worker's own slices of every global batch (training), or of the whole set (validation, so that
+        every worker computes the same val_loss), split over its local replicas."""
+        if self.strategy is None:
+            return source, [source]
+        import tensorflow as tf
+
+        local, train = self.replicas // self.cluster.count, epochs is not None
+        if self.cluster.count == 1:
+            if train and source.batch_size % self.replicas:
+                raise KoalarizationError(f"--batch-size {source.batch_size} must be a multiple of the "
+                                         f"{self.replicas} replicas that share each batch")
+            views = [source]
+        else:
+            first, count = (self.cluster.index * local, self.replicas) if train else (0, local)
+            views = [source.view(shard=(first + r, count), pad=source.pad, start=source.start) for r in range(local)]
+        per_epoch, size = len(source) + source.start, source.image_size
+        begin, end = (epochs[0] * per_epoch + source.start, epochs[1] * per_epoch) if train else (0, per_epoch)
+
+        def load(j):  # consecutive elements go to consecutive local replicas
+            step, replica = divmod(int(j), len(views))
+            epoch, index = divmod(begin + step, per_epoch)
+            return views[replica].batch(index, epoch if train else views[replica].epoch)
+
+        def shapes(lightness, ab, weight):
+            return (tf.ensure_shape(lightness, (None, size, size, 1)), tf.ensure_shape(ab, (None, size, size, 2)),
+                    tf.ensure_shape(weight, (None, 1, 1)))
+
+        def dataset_fn(context=None):
+            steps = tf.data.Dataset.range((end - begin) * len(views))
+            batches = steps.map(lambda j: tf.numpy_function(load, [j], (tf.float32,) * 3),
+                                num_parallel_calls=max(1, source.workers), deterministic=True)
+            return batches.map(shapes).prefetch(1)
+
+        if self.cluster.count == 1:
+            return dataset_fn(), views
+        return self.strategy.distribute_datasets_from_function(dataset_fn), views
+
+    def sync(self, variables, start: Start, fingerprint: str) -> Start:
+        """Several workers: all continue from the chief's `start` and `variables` (only the chief reads the
+        backup), after checking that all of them split the same photos (`fingerprint`)."""
+        if self.cluster.count == 1:
+            return start
+        chief = json.loads(self._broadcast_bytes(json.dumps({"start": asdict(start), "fp": fingerprint}).encode()))
+        if self._sum(np.array([float(chief["fp"] != fingerprint)]))[0]:
+            raise KoalarizationError(
+                "TF_CONFIG workers see different photos (their splits of --data differ): give every worker "
+                "the same --data contents and --seed"
+            )
+        values = [np.asarray(keras.ops.convert_to_numpy(v)) for v in variables]
+        flat = self._broadcast(np.concatenate([v.ravel().astype(np.float64) for v in values]))
+        offset = 0
+        for variable, value in zip(variables, values):
+            variable.assign(flat[offset : offset + value.size].reshape(value.shape).astype(value.dtype))
+            offset += value.size
+        return Start(**chief["start"])
+
+    def _sum(self, array: np.ndarray) -> np.ndarray:
+        """Element-wise sum over the workers (a collective all-reduce)."""
+        import tensorflow as tf
+
+        return self.strategy.reduce("SUM", tf.constant(array, tf.float64), axis=None).numpy()
+
+    def _broadcast(self, array: np.ndarray) -> np.ndarray:
+        return self._sum(array if self.cluster.is_chief else np.zeros_like(array))
+
+    def _broadcast_bytes(self, data: bytes) -> bytes:
+        length = int(self._broadcast(np.array([len(data)], np.float64))[0])
+        mine = np.frombuffer(data, np.uint8) if self.cluster.is_chief else np.zeros(length, np.uint8)
+        return self._broadcast(mine.astype(np.float64)).astype(np.uint8).tobytes()
+
+
+def placement(gpus: int = 0, strategy=None, environ=None) -> Placement:
+    """The Placement for `--gpus` and the TF_CONFIG environment variable (or an explicit tf.distribute
+    `strategy`, e.g. MirroredStrategy over logical CPU devices in tests). Call it before any other
+    TensorFlow work: MultiWorkerMirroredStrategy must be created first."""
+    import os
+
+    cluster = parse_tf_config((os.environ if environ is None else environ).get("TF_CONFIG"))
+    backend = keras.backend.backend()
+    if strategy is None and cluster.count > 1:
+        if backend != "tensorflow":
+            raise KoalarizationError(f"TF_CONFIG: multi-worker training needs KERAS_BACKEND=tensorflow, not {backend}")
+        import tensorflow as tf
+
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif strategy is None and gpus > 1:
+        if backend == "jax":
+            devices = keras.distribution.list_devices("gpu")
+            if len(devices) < gpus:
+                raise KoalarizationError(f"--gpus {gpus}: only {len(devices)} GPU(s) visible to JAX")
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices[:gpus]))
+            return Placement(None, Cluster(), gpus)
+        if backend != "tensorflow":
+            raise KoalarizationError(f"--gpus needs the tensorflow or jax backend, not {backend}")
+        import tensorflow as tf
+
+        available = tf.config.list_logical_devices("GPU")
+        if len(available) < gpus:
+            raise KoalarizationError(f"--gpus {gpus}: only {len(available)} GPU(s) visible to TensorFlow")
+        strategy = tf.distribute.MirroredStrategy([d.name for d in available[:gpus]])
+    if strategy is None:
+        return Placement()
+    import tensorflow as tf
+
+    apply_keras_workaround()
+
+    multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and cluster.count > 1
+    return Placement(strategy, cluster if multi else Cluster(), strategy.num_replicas_in_sync)
+
+
+# ------------------------------------------------------------------- Keras 3 + MultiWorkerMirroredStrategy
+# keras-team/keras issue 20585 (open): under MultiWorkerMirroredStrategy, `fit` in Keras' TensorFlow trainer
+# fails twice. (1) `_maybe_symbolic_build` averages a distributed *data batch* over the workers with
+# strategy.reduce("MEAN", batch, axis=None): "Attempt to convert a value (PerReplica ...)"; under
+# MirroredStrategy too when the replicas' shares differ in shape (a validation set smaller than the number
+# of replicas): "Inputs to operation AddN ... must have the same size and shape". (2) `reduce_per_replica`
+# averages scalar logs with strategy.reduce("MEAN", v, axis=0): "Invalid reduction dimension 0 for input
+# with 0 dimensions". The workaround builds from the first local replica's batch (the build reads only its
+# shapes and dtypes) and averages each log over all replicas with axis=None, so every worker gets
+# the same loss and val_loss, and EarlyStopping, ReduceLROnPlateau and TerminateOnNaN decide alike on all
+# of them (a worker that stopped alone would leave the others waiting forever). Other strategies and
+# reductions go to Keras' own code. The patched functions are identical (hashes below) in Keras 3.11.0,
+# 3.14.0 and 3.15.1; 3.5-3.8 have the same bugs in older code. Run on 3.15.1 (tests/test_distributed.py).
+KERAS_CHECKED = ((3, 11), (3, 15))  # minor versions, inclusive, whose sources were compared
+KERAS_SOURCES = {"_maybe_symbolic_build": "1fbeb86bd389cc3b", "reduce_per_replica": "057432ef48d5232c"}
+
+
+def _keras_internals():
+    from keras.src.backend.tensorflow import trainer
+
+    return trainer, {"_maybe_symbolic_build": trainer.TensorFlowTrainer._maybe_symbolic_build,
+                     "reduce_per_replica": trainer.reduce_per_replica}
+
+
+def source_hash(function) -> str:
+    """Hash of a function's source, ignoring indentation and blank lines."""
+    text = "\n".join(line.strip() for line in inspect.getsource(function).splitlines() if line.strip())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def keras_needs_workaround() -> bool:
+    """True when the installed Keras is a checked, broken version; raises if its internals changed."""
+    version = tuple(int(p) for p in keras.__version__.split(".")[:2])
+    if not KERAS_CHECKED[0] <= version <= KERAS_CHECKED[1]:
+        log.warning("Keras %s is outside %s-%s, where the MultiWorkerMirroredStrategy workaround was checked; "
+                    "not applying it (docs/distributed.md says how to re-check)", keras.__version__, *KERAS_CHECKED)
+        return False
+    _, functions = _keras_internals()
+    found = {name: source_hash(getattr(f, "__wrapped__", f)) for name, f in functions.items()}
+    if found != KERAS_SOURCES:
+        raise RuntimeError(f"Keras {keras.__version__}: the functions patched by koalarization.distribute "
+                           f"changed ({found} != {KERAS_SOURCES}); re-check keras-team/keras issue 20585")
+    return True
+
+
+def apply_keras_workaround() -> bool:
+    """Patch Keras' TensorFlow trainer for tf.distribute strategies (see above); idempotent."""
+    if not keras_needs_workaround():
+        return False
+    trainer, functions = _keras_internals()
+    build, reduce = functions["_maybe_symbolic_build"], functions["reduce_per_replica"]
+    if hasattr(build, "__wrapped__"):
+        return True
+    multi_worker = trainer._collective_all_reduce_multi_worker
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if iterator is not None and strategy is not None:
+            for _, _, it in iterator:
+                batch = next(it)
+                data_batch = keras.tree.map_structure(lambda x: strategy.experimental_local_results(x)[0], batch)
+                break
+            iterator = None
+        return build(self, iterator=iterator, data_batch=data_batch)
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and multi_worker(strategy):
+            return keras.tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return reduce(values, strategy, reduction)
+
+    maybe_symbolic_build.__wrapped__, reduce_per_replica.__wrapped__ = build, reduce
+    trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    trainer.reduce_per_replica = reduce_per_replica
+    log.info("applied the Keras %s MultiWorkerMirroredStrategy workaround (keras-team/keras#20585)", keras.__version__)
+    return True

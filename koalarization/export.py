@@ -1,0 +1,85 @@
+"""Export a trained model for serving without this package: TensorFlow SavedModel or ONNX.
+
+Both hold the full model (embedder included) with the contract of `model.build_model`:
+
+    input  "L"   (B, S, S, 1) float32, L / 50 - 1 in [-1, 1]   (S = the trained image_size, in config.json)
+    output       (B, S, S, 2) float32, ab / 128 in [-1, 1]
+
+A caller does what `colorize.Colorizer` does around it: squash the photo to S x S, compute L, run the model,
+upsample ab to the photo's size and join it with the photo's own L (docs/colorize.md).
+
+SavedModel: Keras 3's `model.export(format="tf_saved_model")`; load with `tf.saved_model.load(path).serve(L)`.
+ONNX: Keras 3's `model.export(format="onnx")`, which converts through tf2onnx on the TensorFlow backend
+(pip install tf2onnx onnx; onnxruntime to run it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from koalarization.checkpoint import load_trained
+from koalarization.errors import KoalarizationError
+
+FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx"}
+
+
+def _check_onnx_tools() -> None:
+    missing = [name for name in ("tf2onnx", "onnx") if _missing(name)]
+    if missing:
+        raise KoalarizationError(
+            f"--format onnx needs {' and '.join(missing)}: pip install tf2onnx onnx (onnxruntime to run it)"
+        )
+
+
+def _missing(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None
+
+
+def export(weights: str | Path, fmt: str, out: str | Path, embedder_weights: str | None = None) -> Path:
+    """Write the model of `weights` (config.json beside it) to `out` as `fmt` ("savedmodel" | "onnx").
+
+    `out` is a folder for SavedModel and a file for ONNX. It is written under a temporary name first and
+    then renamed, so an interrupted export never leaves something that looks finished.
+    """
+    if fmt not in FORMATS:
+        raise KoalarizationError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        _check_onnx_tools()
+    out = Path(out)
+    if out.parent and not out.parent.exists():
+        raise KoalarizationError(f"--out {out}: folder {out.parent} does not exist")
+    model, cfg = load_trained(weights, embedder_weights)
+    size = cfg.model.image_size
+    model(np.zeros((1, size, size, 1), np.float32))  # Keras' ONNX export refuses a model never called
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        # Keras prints the whole signature while exporting; the CLI prints one line instead.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            # Keras' tf2onnx shim probes `np.object`, which NumPy 2 answers with a FutureWarning: harmless.
+            warnings.filterwarnings("ignore", message=".*np.object.*", category=FutureWarning)
+            model.export(str(tmp), format=FORMATS[fmt], verbose=False)
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
+        os.replace(tmp, out)
+    except KoalarizationError:
+        raise
+    except Exception as err:  # noqa: BLE001 - TF, tf2onnx and OS errors all mean "the export failed"
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise KoalarizationError(f"--format {fmt}: export to {out} failed ({first})") from None
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+    return out

@@ -1,0 +1,213 @@
+"""The HTTP API with FastAPI's TestClient: results, parameters, limits, bad uploads, nothing on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import struct
+import tempfile
+import threading
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import color as skcolor
+
+pytest.importorskip("fastapi", reason="the web server needs fastapi (pip install -e .[test])")
+from fastapi import HTTPException  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+
+from koalarization.web.server import create_app, read_body  # noqa: E402
+from conftest import synthetic_photo  # noqa: E402
+from test_colorize import make_weights  # noqa: E402
+
+MAX_UPLOAD = 2_000_000
+MAX_PIXELS = 4_000_000
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    first = make_weights(tmp_path_factory.mktemp("model_a"))
+    second = make_weights(tmp_path_factory.mktemp("model_b"), ab_bias=(-0.3, 0.4))
+    return TestClient(create_app([str(first), str(second)], max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS))
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode(content: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(content)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def post_image(client, data: bytes, name="photo.png", params=None, fields=None):
+    return client.post("/api/colorize", params=params or {}, data=fields or {},
+                       files={"image": (name, data, "application/octet-stream")})
+
+
+def bomb_png(side: int = 30_000) -> bytes:
+    """A valid 1-bit PNG of side x side pixels that compresses to ~100 KB: a decompression bomb."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    row = b"\x00" * (1 + side // 8)  # filter byte + packed bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row * 1000) for _ in range(side // 1000)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_health_lists_models_and_limits(client):
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and [m["index"] for m in health["models"]] == [0, 1]
+    assert health["models"][0]["image_size"] == 32 and health["max_upload_bytes"] == MAX_UPLOAD
+    assert health["max_pixels"] == MAX_PIXELS
+
+
+def test_colorize_returns_the_full_resolution_photo_with_its_own_lightness(client):
+    photo = synthetic_photo(1, size=(333, 517))
+    response = post_image(client, png_bytes(photo), name="my photo.png")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert 'filename="my_photo-colorized.png"' in response.headers["content-disposition"]
+    out = decode(response.content)
+    assert out.shape == photo.shape
+    assert np.abs(skcolor.rgb2lab(out)[..., 0] - skcolor.rgb2lab(photo)[..., 0]).max() < 1.0
+
+
+def test_parameters_as_query_or_form_fields(client):
+    data = png_bytes(synthetic_photo(2, size=(60, 80)))
+    for response in (post_image(client, data, params={"saturation": 0}),
+                     post_image(client, data, fields={"saturation": "0"})):
+        assert response.status_code == 200
+        gray = decode(response.content)
+        assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    first, second = (decode(post_image(client, data, params={"model": m}).content).astype(int) for m in (0, 1))
+    assert np.abs(first - second).mean() > 5  # the two models differ
+    jpeg = post_image(client, data, fields={"format": "jpeg"})
+    assert jpeg.headers["content-type"] == "image/jpeg" and jpeg.content[:2] == b"\xff\xd8"
+    raw = client.post("/api/colorize", content=data, headers={"content-type": "image/png"})
+    assert raw.status_code == 200 and decode(raw.content).shape == (60, 80, 3)
+
+
+@pytest.mark.parametrize("params, fields, message", [
+    ({"model": 2}, {}, "model: 2 is not one of 0..1"),
+    ({}, {"saturation": "lots"}, "saturation: 'lots' is not a valid float"),
+    ({}, {"format": "gif"}, "format: 'gif' is not one of png, jpeg"),
+])
+def test_bad_parameters_are_422_with_a_message(client, params, fields, message):
+    response = post_image(client, png_bytes(synthetic_photo(3)), params=params, fields=fields)
+    assert response.status_code == 422 and response.json()["detail"] == message
+    assert client.post("/api/colorize", params={"saturation": 9}, content=b"x").status_code == 422
+
+
+def test_non_image_broken_image_and_missing_field(client):
+    response = post_image(client, b"just some text, not a photo", name="notes.txt")
+    assert response.status_code == 415 and "notes.txt: not an image" in response.json()["detail"]
+    broken = png_bytes(synthetic_photo(4))[:400]
+    response = post_image(client, broken, name="cut.png")
+    assert response.status_code == 422 and response.json()["detail"].startswith("cut.png: ")
+    response = client.post("/api/colorize", files={"photo": ("a.png", broken, "image/png")})
+    assert response.status_code == 422 and "field 'image'" in response.json()["detail"]
+
+
+def test_oversize_uploads_are_413(client):
+    response = post_image(client, b"\x89PNG" + bytes(MAX_UPLOAD + 10))
+    assert response.status_code == 413 and "limit of 2000000 bytes" in response.json()["detail"]
+    # A declared Content-Length over the limit is refused from the header alone (the body here is tiny).
+    response = client.post("/api/colorize", content=b"tiny", headers={"content-length": str(10 * MAX_UPLOAD)})
+    assert response.status_code == 413
+
+
+def test_body_reading_stops_at_the_limit():
+    sent = []
+
+    async def receive():
+        sent.append(1)
+        return {"type": "http.request", "body": bytes(1000), "more_body": len(sent) < 1000}
+
+    request = Request({"type": "http", "method": "POST", "headers": []}, receive)  # chunked: no length
+    with pytest.raises(HTTPException) as error:
+        asyncio.run(read_body(request, limit=5000))
+    assert error.value.status_code == 413 and len(sent) == 6  # 6 KB read of the 1 MB body, then refused
+
+
+def test_decompression_bomb_and_pixel_limit_are_413(client):
+    bomb = bomb_png()
+    assert len(bomb) < 200_000
+    response = post_image(client, bomb, name="bomb.png")
+    assert response.status_code == 413 and "pixels" in response.json()["detail"]
+    big = png_bytes(np.zeros((2500, 2000, 3), np.uint8))  # 5 MP: under Pillow's limit, over this server's
+    response = post_image(client, big, name="big.png")
+    assert response.status_code == 413 and response.json()["detail"] == (
+        f"big.png: 2000x2500 is 5000000 pixels; this server accepts at most {MAX_PIXELS}")
+
+
+def test_uploads_never_touch_the_disk(client, tmp_path, monkeypatch):
+    """Over 1 MB (where Starlette would spool to a temporary file), a bomb and a non-image: no file appears
+    in the temp folder or the working folder, and creating a temporary file would have failed loudly."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("an upload was written to a temporary file")
+
+    for name in ("TemporaryFile", "NamedTemporaryFile", "mkstemp", "mkdtemp"):
+        monkeypatch.setattr(tempfile, name, no_disk)
+    noisy = np.random.default_rng(0).integers(0, 256, (700, 650, 3), dtype=np.uint8)
+    large = png_bytes(noisy)
+    assert 1_100_000 < len(large) < MAX_UPLOAD
+    before = sorted(p.name for p in (tmp_path / "tmp").iterdir()), sorted(p.name for p in (tmp_path / "cwd").iterdir())
+    assert post_image(client, large).status_code == 200
+    assert post_image(client, bomb_png(20_000)).status_code == 413
+    assert post_image(client, b"text").status_code == 415
+    after = sorted(p.name for p in (tmp_path / "tmp").iterdir()), sorted(p.name for p in (tmp_path / "cwd").iterdir())
+    assert before == after == ([], [])
+
+
+def test_concurrent_requests_share_the_models_safely(client):
+    photos = [png_bytes(synthetic_photo(20 + i, size=(50 + 9 * i, 70))) for i in range(3)]
+    expected = [post_image(client, p).content for p in photos]
+    results = [None] * 6
+
+    def work(i):
+        results[i] = post_image(client, photos[i % 3]).content
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, content in enumerate(results):
+        assert np.array_equal(decode(content), decode(expected[i % 3]))
+
+
+def test_page_and_openapi_are_served_locally(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
+    assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)
+    assert {"/static/app.js", "/static/color.js", "/static/style.css"} <= set(assets)
+    for asset in assets:
+        body = client.get(asset)
+        # No CDN, no network: the only URL allowed is SVG's XML namespace, which is a name, not a fetch.
+        assert body.status_code == 200 and not re.search(r"https?://(?!www\.w3\.org/2000/svg\b)", body.text)
+    schema = client.get("/openapi.json").json()
+    upload = schema["paths"]["/api/colorize"]["post"]
+    assert "image" in upload["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert {p["name"] for p in upload["parameters"]} == {"saturation", "model", "format"}
+    assert client.get("/docs").status_code == 200
+
+
+def test_serve_command_refuses_more_than_two_models(tmp_path):
+    from koalarization.errors import KoalarizationError
+    from test_colorize import run_cli
+
+    with pytest.raises(KoalarizationError, match="at most two models"):
+        run_cli(["serve"] + ["--weights", str(tmp_path / "w.h5")] * 3)
