@@ -7,8 +7,9 @@ Conventions (those of the issue and of PaLM's "model FLOPs utilisation"):
   activations, gradient with respect to the weights) plus 1x the forward pass of the frozen embedder.
 
 At 256 px the reference network's trainable part is 9.78 GMAC forward (REFERENCE.md: "~10 GMAC"), so a
-training step is 3 x 19.6 = 58.7 GFLOP plus 13 GFLOP for Inception-ResNet-v2 (the issue's 73 GFLOP)
-or 0.8 GFLOP for EfficientNet-Lite0. tests/test_benchmark.py checks the counts against TensorFlow's profiler.
+training step is 3 x 19.6 = 58.7 GFLOP, plus 0.77 GFLOP for EfficientNet-Lite0 or 26.3 GFLOP for
+Inception-ResNet-v2 (13.2 GMAC; REFERENCE.md's "~6.5 GMAC" and the issue's "13 GFLOP" are half that).
+tests/test_benchmark.py checks the counts against TensorFlow's profiler.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ PEAK_TFLOPS = {
     "H100 NVL": {"bfloat16": 835.0, "float16": 835.0, "tf32": 417.5, "float32": 60.0},
     "H200": {"bfloat16": 989.0, "float16": 989.0, "tf32": 494.7, "float32": 66.9},
     "A100": {"bfloat16": 312.0, "float16": 312.0, "tf32": 156.0, "float32": 19.5},
-    "L4": {"bfloat16": 121.0, "float16": 121.0, "tf32": 60.0, "float32": 30.3},
 }
 # Names the drivers report, e.g. "NVIDIA H100 80GB HBM3" (SXM), "NVIDIA H100 PCIe", "NVIDIA H200".
 _ALIASES = (("H100 PCIE", "H100 PCIe"), ("H100 NVL", "H100 NVL"), ("H100", "H100 SXM"), ("H200", "H200"),
-            ("A100", "A100"), ("L4", "L4"))
+            ("A100", "A100"))
 PRECISION_PEAK = {"float32": "tf32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 
 
