@@ -22,7 +22,6 @@ import csv
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,7 +75,7 @@ def restore(model: keras.Model, directory: Path) -> Start:
                 start = Start(**json.loads(f.attrs[ATTRIBUTE]))
             model.load_weights(path)
         except Exception as err:  # noqa: BLE001 - truncated HDF5, missing attribute, wrong network
-            errors.append(f"{name}: {str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__}")
+            errors.append(f"{name}: {(str(err).strip().splitlines() or [type(err).__name__])[0][:120]}")
             log.warning("backup %s is unreadable (%s); trying the one before", path, errors[-1])
             continue
         log.info("resuming from %s: epoch %d, batch %d", path, start.epoch, start.batch)
@@ -115,13 +114,14 @@ class StepBackup(keras.callbacks.Callback):
 
     Place it after the callbacks in `stateful` (so the epoch's backup holds their updated state and the
     reduced learning rate) and before any callback that may stop the run. `start` is where this `fit`
-    begins; `final`: delete the backups when this `fit` ends normally (the run is complete).
+    begins; `last`, where a next one would continue. `write`: False on the workers that are not the chief
+    (their state is the chief's; `train` deletes the backups once the run is complete).
     """
 
-    def __init__(self, directory, steps_per_epoch, every_steps=None, start=Start(), stateful=(), final=True):
+    def __init__(self, directory, steps_per_epoch, every_steps=None, start=Start(), stateful=(), write=True):
         super().__init__()
         self.directory, self.steps_per_epoch, self.every_steps = Path(directory), steps_per_epoch, every_steps
-        self.start, self.stateful, self.final = start, list(stateful), final
+        self.start, self.stateful, self.write = start, list(stateful), write
         self.epoch, self.last = start.epoch, start
 
     def capture(self) -> list:
@@ -141,13 +141,10 @@ class StepBackup(keras.callbacks.Callback):
         done = batch + 1 + (self.start.batch if self.epoch == self.start.epoch else 0)
         step = self.epoch * self.steps_per_epoch + done
         # The epoch's last batch is backed up by on_epoch_end, after validation and the callbacks.
-        if self.every_steps and step % self.every_steps == 0 and done < self.steps_per_epoch:
+        if self.write and self.every_steps and step % self.every_steps == 0 and done < self.steps_per_epoch:
             save(self.model, self.directory, Start(self.epoch, done, self.capture()))
 
     def on_epoch_end(self, epoch, logs=None):
-        self.last = Start(epoch + 1, 0, self.capture())  # where a next `fit` continues
-        save(self.model, self.directory, self.last)
-
-    def on_train_end(self, logs=None):
-        if self.final:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        self.last = Start(epoch + 1, 0, self.capture())
+        if self.write:
+            save(self.model, self.directory, self.last)

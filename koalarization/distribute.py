@@ -8,7 +8,7 @@ that lets Keras 3 `fit` run under MultiWorkerMirroredStrategy (docs/distributed.
 
 `--batch-size` is global: one optimizer step reads `batch_size` photos split evenly over all replicas (all
 GPUs of all workers), so the same flags train the same way on any number of replicas; scale the learning
-rate yourself if you scale the batch. Every replica reads only its slice of each batch (BatchSource.view),
+rate yourself if you scale the batch. Every worker reads only its slice of each batch (BatchSource.view),
 so each photo is read once per epoch across the job. Only the chief writes to --output (checkpoints, logs,
 config, backups); other workers write to a temporary folder, as TensorFlow's documentation recommends.
 """
@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -57,7 +58,9 @@ def parse_tf_config(text: str | None) -> Cluster:
         tasks += [("worker", i) for i in range(len(raw["cluster"].get("worker", [])))]
         me = (raw["task"]["type"], int(raw["task"]["index"]))
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise KoalarizationError(f"TF_CONFIG is not a valid cluster description ({err!r}); see docs/distributed.md") from None
+        raise KoalarizationError(
+            f"TF_CONFIG is not a valid cluster description ({err!r}); see docs/distributed.md"
+        ) from None
     if set(raw["cluster"]) - {"chief", "worker"} or me not in tasks:
         raise KoalarizationError(
             f"TF_CONFIG: task {me[0]} {me[1]} in cluster {sorted(raw['cluster'])}: only 'chief' and 'worker' "
@@ -88,28 +91,24 @@ class Placement:
             shutil.rmtree(run_dir, ignore_errors=True)
 
     def feed(self, source, epochs: tuple[int, int] | None = None):
-        """(what `fit` reads, the BatchSources whose epoch EpochSetter sets). No tf.distribute strategy:
-        `source` itself, a PyDataset. Otherwise a tf.data pipeline: for training (`epochs` = (first, last)),
-        every batch from batch `source.start` of epoch `first` to the end of epoch `last - 1`, read ahead
-        across epochs (`fit(steps_per_epoch=...)` keeps one iterator: making one per epoch stalled each epoch
-        start of a multi-worker run ~10 s); for validation (`epochs` None), one pass per iterator.
-        One worker: whole batches, which Keras splits over the local replicas (not the PyDataset: under
-        MirroredStrategy, Keras' reader of it lost or reordered batches with 2+ threads). Several workers:
-        this worker's own slices of every global batch (training), or of the whole set (validation, so that
-        every worker computes the same val_loss), split over its local replicas."""
-        if self.strategy is None:
+        """(what `fit` reads, the BatchSources whose epoch EpochSetter sets). `epochs` = (first, last) for
+        training, None for validation. One worker: `source` itself, a PyDataset; MirroredStrategy splits each
+        batch over the local replicas (evenly: --batch-size must be a multiple of them). Several workers: a
+        tf.distribute dataset in which this worker reads only its own slices: of every global batch, from
+        batch `source.start` of epoch `first` to the end of epoch `last - 1`, read ahead across epochs (with
+        `fit(steps_per_epoch=...)`, one iterator for all epochs: a new one per epoch stalled every epoch start
+        ~10 s), or, for validation, of the whole set, so that every worker computes the same val_loss."""
+        train = epochs is not None
+        if train and source.batch_size % self.replicas:
+            raise KoalarizationError(f"--batch-size {source.batch_size} must be a multiple of the "
+                                     f"{self.replicas} replicas that share each batch")
+        if self.cluster.count == 1:
             return source, [source]
         import tensorflow as tf
 
-        local, train = self.replicas // self.cluster.count, epochs is not None
-        if self.cluster.count == 1:
-            if train and source.batch_size % self.replicas:
-                raise KoalarizationError(f"--batch-size {source.batch_size} must be a multiple of the "
-                                         f"{self.replicas} replicas that share each batch")
-            views = [source]
-        else:
-            first, count = (self.cluster.index * local, self.replicas) if train else (0, local)
-            views = [source.view(shard=(first + r, count), pad=source.pad, start=source.start) for r in range(local)]
+        local = self.replicas // self.cluster.count
+        first, count = (self.cluster.index * local, self.replicas) if train else (0, local)
+        views = [source.view(shard=(first + r, count), pad=source.pad, start=source.start) for r in range(local)]
         per_epoch, size = len(source) + source.start, source.image_size
         begin, end = (epochs[0] * per_epoch + source.start, epochs[1] * per_epoch) if train else (0, per_epoch)
 
@@ -122,14 +121,12 @@ class Placement:
             return (tf.ensure_shape(lightness, (None, size, size, 1)), tf.ensure_shape(ab, (None, size, size, 2)),
                     tf.ensure_shape(weight, (None, 1, 1)))
 
-        def dataset_fn(context=None):
+        def dataset_fn(context):
             steps = tf.data.Dataset.range((end - begin) * len(views))
             batches = steps.map(lambda j: tf.numpy_function(load, [j], (tf.float32,) * 3),
                                 num_parallel_calls=max(1, source.workers), deterministic=True)
             return batches.map(shapes).prefetch(1)
 
-        if self.cluster.count == 1:
-            return dataset_fn(), views
         return self.strategy.distribute_datasets_from_function(dataset_fn), views
 
     def sync(self, variables, start: Start, fingerprint: str) -> Start:
@@ -170,8 +167,6 @@ def placement(gpus: int = 0, strategy=None, environ=None) -> Placement:
     """The Placement for `--gpus` and the TF_CONFIG environment variable (or an explicit tf.distribute
     `strategy`, e.g. MirroredStrategy over logical CPU devices in tests). Call it before any other
     TensorFlow work: MultiWorkerMirroredStrategy must be created first."""
-    import os
-
     cluster = parse_tf_config((os.environ if environ is None else environ).get("TF_CONFIG"))
     backend = keras.backend.backend()
     if strategy is None and cluster.count > 1:
@@ -200,7 +195,6 @@ def placement(gpus: int = 0, strategy=None, environ=None) -> Placement:
     import tensorflow as tf
 
     apply_keras_workaround()
-
     multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and cluster.count > 1
     return Placement(strategy, cluster if multi else Cluster(), strategy.num_replicas_in_sync)
 
@@ -215,9 +209,10 @@ def placement(gpus: int = 0, strategy=None, environ=None) -> Placement:
 # with 0 dimensions". The workaround builds from the first local replica's batch (the build reads only its
 # shapes and dtypes) and averages each log over all replicas with axis=None, so every worker gets
 # the same loss and val_loss, and EarlyStopping, ReduceLROnPlateau and TerminateOnNaN decide alike on all
-# of them (a worker that stopped alone would leave the others waiting forever). Other strategies and
-# reductions go to Keras' own code. The patched functions are identical (hashes below) in Keras 3.11.0,
-# 3.14.0 and 3.15.1; 3.5-3.8 have the same bugs in older code. Run on 3.15.1 (tests/test_distributed.py).
+# of them (a worker that stopped alone would leave the others waiting forever). Anything else (no strategy,
+# other reductions, logs under MirroredStrategy) goes to Keras' own code. The patched functions are
+# identical (hashes below) in Keras 3.11.0, 3.14.0 and 3.15.1; 3.5-3.8 have the same bugs in older code.
+# Run on 3.15.1 only (tests/test_distributed.py).
 KERAS_CHECKED = ((3, 11), (3, 15))  # minor versions, inclusive, whose sources were compared
 KERAS_SOURCES = {"_maybe_symbolic_build": "1fbeb86bd389cc3b", "reduce_per_replica": "057432ef48d5232c"}
 

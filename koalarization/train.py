@@ -135,7 +135,7 @@ def build_callbacks(cfg, output, colorizer, sources, val_batch, resuming, extra=
         callbacks.append(ValidationImages(output / "logs", val_batch[0], val_batch[1]))
     # After the callbacks whose state (and learning rate) it backs up; before `extra`, which may stop the run.
     callbacks.append(backup.StepBackup(
-        output / BACKUP_DIR, steps, t.backup_every_steps, start, stateful=(best, early_stopping, reduce_lr)
+        output / BACKUP_DIR, steps, t.backup_every_steps, start, (best, early_stopping, reduce_lr), write=chief
     ))
     return callbacks + list(extra)
 
@@ -213,7 +213,7 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
         # shuffle=False: the source shuffles per (seed, epoch); Keras would also reorder a PyDataset's batches
         # with Python's global random state, which a resumed run cannot reproduce.
         history = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=last, shuffle=False,
-                            steps_per_epoch=len(train_views[0]) if place.strategy else None,  # see feed()
+                            steps_per_epoch=len(train_views[0]) if place.cluster.count > 1 else None,  # feed()
                             callbacks=cbs, verbose=verbose)
         for key, values in history.history.items():
             merged.setdefault(key, []).extend(values)
