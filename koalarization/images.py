@@ -43,11 +43,12 @@ def find_images(root: str | Path) -> list[Path]:
     return sorted(found)
 
 
-def _open(path: Path) -> Image.Image:
+def _open(source, path) -> Image.Image:
+    """Open a file path or an in-memory stream; `path` names it in the one-line errors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
         if image.width * image.height > MAX_PIXELS:
             raise ImageError(f"{path}: {image.width}x{image.height} pixels is more than the {MAX_PIXELS} allowed")
         return image
@@ -67,7 +68,7 @@ def _open(path: Path) -> Image.Image:
 
 def is_grayscale_mode(path: str | Path) -> bool:
     """True when the file's header says it has no colour (modes 1, L, LA, I, I;16, F). Reads the header only."""
-    with _open(Path(path)) as image:
+    with _open(Path(path), path) as image:
         return image.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
@@ -95,17 +96,20 @@ def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
     reduced scale (Pillow's draft mode, a free 2-8x speed-up), never below max_side on the short side.
     """
     path = Path(path)
-    with _open(path) as image:
-        try:
-            if max_side and image.format == "JPEG":
-                image.draft("RGB", (max_side, max_side))
-            upright = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(upright)
-            rgb.load()
-        except OSError as err:
-            raise ImageError(f"{path}: corrupt or truncated image ({err})") from None
-        except (ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            raise ImageError(f"{path}: cannot decode ({err})") from None
+    with _open(path, path) as image:
+        return _decode(image, path, max_side)
+
+
+def _decode(image: Image.Image, path, max_side: int | None = None) -> np.ndarray:
+    try:
+        if max_side and image.format == "JPEG":
+            image.draft("RGB", (max_side, max_side))
+        rgb = _to_rgb(ImageOps.exif_transpose(image))
+        rgb.load()
+    except OSError as err:
+        raise ImageError(f"{path}: corrupt or truncated image ({err})") from None
+    except (ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageError(f"{path}: cannot decode ({err})") from None
     array = np.asarray(rgb, dtype=np.uint8)
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ImageError(f"{path}: empty image")
@@ -128,27 +132,5 @@ def load_rgb_bytes(data: bytes, name: str = "upload") -> np.ndarray:
 
     Nothing touches the disk; `name` only labels the one-line `ImageError` messages. Same pixel limit.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{name}: too many pixels (decompression bomb?)") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image (or an unsupported format)") from None
-    except OSError as err:
-        raise ImageError(f"{name}: cannot read ({err})") from None
-    with image:
-        if image.width * image.height > MAX_PIXELS:
-            raise ImageError(f"{name}: {image.width}x{image.height} pixels is more than the {MAX_PIXELS} allowed")
-        try:
-            rgb = _to_rgb(ImageOps.exif_transpose(image))
-            rgb.load()
-        except OSError as err:
-            raise ImageError(f"{name}: corrupt or truncated image ({err})") from None
-        except (ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            raise ImageError(f"{name}: cannot decode ({err})") from None
-    array = np.asarray(rgb, dtype=np.uint8)
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise ImageError(f"{name}: empty image")
-    return array
+    with _open(io.BytesIO(data), name) as image:
+        return _decode(image, name)
