@@ -15,7 +15,6 @@ Several GPUs or machines (--gpus, TF_CONFIG): see distribute.py; only the chief 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import logging
 import math
@@ -88,17 +87,7 @@ def _check_resumable(cfg: RunConfig, output: Path) -> bool:
     return True
 
 
-def _best_val_loss(log_file: Path) -> float | None:
-    try:
-        with open(log_file, newline="") as f:
-            losses = [float(r["val_loss"]) for r in csv.DictReader(f) if r.get("val_loss")]
-    except (OSError, ValueError):
-        return None
-    finite = [v for v in losses if math.isfinite(v)]
-    return min(finite) if finite else None
-
-
-def build_callbacks(cfg, output, colorizer, sources, val_batch, resuming, extra=(), start=backup.Start(), steps=1,
+def build_callbacks(cfg, output, colorizer, sources, val_batch, extra=(), start=backup.Start(), steps=1,
                     chief=True):
     """The recipe's callbacks. sources: the BatchSources to tell the epoch; val_batch: (L, ab, weight)
     photos shown in TensorBoard; start, steps: where this `fit` starts, and batches per epoch; chief: False
@@ -108,9 +97,7 @@ def build_callbacks(cfg, output, colorizer, sources, val_batch, resuming, extra=
         colorizer,
         str(output / checkpoint.WEIGHTS_FILE),
         monitor="val_loss",
-        save_best_only=True,
-        # A resumed run must not overwrite the best weights with worse ones.
-        initial_value_threshold=_best_val_loss(output / LOG_FILE) if resuming else None,
+        save_best_only=True,  # on resume, backup.StepBackup restores its `best`: no worse weights overwrite it
     )
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=t.early_stopping_patience, min_delta=t.early_stopping_min_delta
@@ -206,7 +193,7 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
         train_data, train_views = place.feed(train_source.view(pad=place.replicas > 1, start=skip), (first, last))
         val_data, val_views = place.feed(val_source)
         cbs = build_callbacks(cfg, output, colorizer_of(model), train_views + val_views, val_batch,
-                              resuming or first > 0, callbacks, start, len(train_source), place.cluster.is_chief)
+                              callbacks, start, len(train_source), place.cluster.is_chief)
         if t.device_preprocessing:  # TensorBoard's photos are predicted from L, by a view of the same layers
             view = inference_model(model)
             cbs = [WithModel(cb, view) if isinstance(cb, ValidationImages) else cb for cb in cbs]
