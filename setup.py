@@ -8,7 +8,7 @@ setup(
     description="Deep Koalarization (Baldassarre et al. 2017) image colorization on Keras 3",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    license="GPL-3.0-or-later",
+    license="MIT",  # LICENSE
     python_requires=">=3.10",
     packages=find_packages(include=["koalarization", "koalarization.*"]),
     include_package_data=True,

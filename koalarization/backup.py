@@ -27,6 +27,7 @@ from pathlib import Path
 
 import keras
 
+from koalarization.checkpoint import all_finite
 from koalarization.errors import KoalarizationError
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,18 @@ class StepBackup(keras.callbacks.Callback):
     reduced learning rate) and before any callback that may stop the run. `start` is where this `fit`
     begins; `last`, where a next one would continue. `write`: False on the workers that are not the chief
     (their state is the chief's; `train` deletes the backups once the run is complete).
+
+    Weights that became NaN or infinite are never backed up: the run stops instead (`diverged`), and the
+    backups keep the last good weights. A NaN loss stops it too (TerminateOnNaN), but weights can turn NaN
+    a step before the loss shows it, or while the loss stays finite (a ReLU maps NaN to 0). Every worker
+    checks, so all of them stop at the same step (distribute.py).
     """
 
     def __init__(self, directory, steps_per_epoch, every_steps=None, start=Start(), stateful=(), write=True):
         super().__init__()
         self.directory, self.steps_per_epoch, self.every_steps = Path(directory), steps_per_epoch, every_steps
         self.start, self.stateful, self.write = start, list(stateful), write
-        self.epoch, self.last = start.epoch, start
+        self.epoch, self.last, self.diverged = start.epoch, start, False
 
     def capture(self) -> list:
         values = [getattr(cb, a) for cb in self.stateful for a in STATE_ATTRS if hasattr(cb, a)]
@@ -141,10 +147,17 @@ class StepBackup(keras.callbacks.Callback):
         done = batch + 1 + (self.start.batch if self.epoch == self.start.epoch else 0)
         step = self.epoch * self.steps_per_epoch + done
         # The epoch's last batch is backed up by on_epoch_end, after validation and the callbacks.
-        if self.write and self.every_steps and step % self.every_steps == 0 and done < self.steps_per_epoch:
-            save(self.model, self.directory, Start(self.epoch, done, self.capture()))
+        if self.every_steps and step % self.every_steps == 0 and done < self.steps_per_epoch:
+            self.backup(Start(self.epoch, done, self.capture()))
 
     def on_epoch_end(self, epoch, logs=None):
         self.last = Start(epoch + 1, 0, self.capture())
-        if self.write:
-            save(self.model, self.directory, self.last)
+        self.backup(self.last)
+
+    def backup(self, start: Start) -> None:
+        if not all_finite(self.model):
+            log.warning("the weights became NaN or infinite at epoch %d, batch %d: stopping; %s keeps the "
+                        "last good backup", start.epoch, start.batch, self.directory)
+            self.diverged = self.model.stop_training = True
+        elif self.write:
+            save(self.model, self.directory, start)

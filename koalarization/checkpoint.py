@@ -1,61 +1,149 @@
 """Saving and loading trained weights with the config they need.
 
 A run's folder holds `colorize.weights.h5` (the trainable colorizer only; the frozen embedder is rebuilt
-from its own pretrained source) and `config.json` (the RunConfig used). Loading checks that they agree.
+from its own pretrained source) and `config.json` (the RunConfig used). The weights file also carries the
+ModelConfig it was trained with (HDF5 attribute STAMP), so weights copied next to another run's config.json
+(another image size, another embedder, another network) are refused with one line instead of loading into
+a network they were never trained for. Keras itself loads a file holding *more* layers than the network
+without a word (3.15), so the loader also compares the weight shapes in the file with the network's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import keras
+import numpy as np
 
-from koalarization.config import RunConfig
+from koalarization.config import ModelConfig, RunConfig
 from koalarization.errors import KoalarizationError
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "colorize.weights.h5"
 CONFIG_FILE = "config.json"
+STAMP = "koalarization_model"  # HDF5 attribute: the ModelConfig as JSON
+# The weights that ship inside the package (setup.py package_data), with their config.json beside them.
+SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / WEIGHTS_FILE
 
 
 def config_path_for(weights: Path) -> Path:
     return Path(weights).parent / CONFIG_FILE
 
 
-def save_weights_atomic(model: keras.Model, path: str | Path) -> None:
-    """model.save_weights through a temporary file and a rename: a kill mid-write leaves the old file."""
+def all_finite(model: keras.Model) -> bool:
+    """False when any trainable weight is NaN or infinite (a diverged run): such weights are never saved.
+    (The frozen embedder cannot diverge, and is skipped: it can be most of the model.)"""
+    return all(np.isfinite(keras.ops.convert_to_numpy(v)).all() for v in model.trainable_weights)
+
+
+def save_weights_atomic(model: keras.Model, path: str | Path, stamp: ModelConfig | None = None) -> None:
+    """model.save_weights through a temporary file, fsync and a rename: a kill mid-write leaves the old
+    file. stamp: the ModelConfig to record in the file (what `load_trained` checks config.json against)."""
+    import h5py
+
     path = Path(path)
     tmp = path.with_name(path.name.removesuffix(".weights.h5") + ".tmp.weights.h5")
     model.save_weights(tmp, overwrite=True)
+    if stamp is not None:
+        with h5py.File(tmp, "a") as f:
+            f.attrs[STAMP] = json.dumps(dataclasses.asdict(stamp))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())  # a machine that loses power must not come back with a renamed, empty file
     os.replace(tmp, path)
 
 
 class AtomicWeightsSaver:
-    """Stands in for a model towards callbacks that only call `save_weights` (ModelCheckpoint)."""
+    """Stands in for a model towards callbacks that only call `save_weights` (ModelCheckpoint).
+    Non-finite weights are never written: the file keeps the last good ones."""
 
-    def __init__(self, model: keras.Model):
-        self._model = model
+    def __init__(self, model: keras.Model, stamp: ModelConfig | None = None):
+        self._model, self._stamp = model, stamp
 
     def save_weights(self, filepath, overwrite=True):
-        save_weights_atomic(self._model, filepath)
+        if not all_finite(self._model):
+            log.warning("not saving %s: the weights are NaN or infinite; it keeps the last good ones", filepath)
+            return
+        save_weights_atomic(self._model, filepath, self._stamp)
 
     def __getattr__(self, name):
         return getattr(self._model, name)
 
 
 class ColorizerCheckpoint(keras.callbacks.ModelCheckpoint):
-    """Keras' ModelCheckpoint (best only, weights only) that saves the colorizer, atomically."""
+    """Keras' ModelCheckpoint (best only, weights only) that saves the colorizer, atomically, stamped with
+    its ModelConfig."""
 
-    def __init__(self, colorizer: keras.Model, filepath, **kwargs):
+    def __init__(self, colorizer: keras.Model, filepath, stamp: ModelConfig | None = None, **kwargs):
         super().__init__(filepath, save_weights_only=True, **kwargs)
-        self._saver = AtomicWeightsSaver(colorizer)
+        self._saver = AtomicWeightsSaver(colorizer, stamp)
 
     def set_model(self, model):
         super().set_model(self._saver)
 
 
+# ModelConfig fields that change no weight: a config may set them otherwise than the run that trained.
+WEIGHTLESS_FIELDS = ("ab_gain", "embedding_dropout")
+
+
+def _weighted(model_cfg: ModelConfig) -> ModelConfig:
+    return dataclasses.replace(model_cfg, **{f: getattr(ModelConfig, f) for f in WEIGHTLESS_FIELDS})
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def _read_weights_file(weights: Path) -> tuple[list[tuple], ModelConfig | None]:
+    """-> (sorted weight shapes, the stamped ModelConfig or None); problems as one-line errors."""
+    import h5py
+
+    try:
+        with h5py.File(weights, "r") as f:
+            shapes = []
+            f.visititems(lambda _, obj: shapes.append(tuple(obj.shape)) if isinstance(obj, h5py.Dataset) else None)
+            raw = f.attrs.get(STAMP)
+    except OSError as err:
+        if "truncated" in str(err):
+            why = "the file is truncated (an interrupted copy or download?)"
+        elif "signature" in str(err) or "not an HDF5" in str(err):
+            why = "not an HDF5 weights file"
+        else:
+            why = f"unreadable ({_first_line(err)})"
+        raise KoalarizationError(f"--weights {weights}: cannot load it: {why}; use a complete {WEIGHTS_FILE}") from None
+    if not shapes:
+        raise KoalarizationError(f"--weights {weights}: holds no weights; use the colorize.weights.h5 of a run")
+    stamp = None
+    if raw is not None:
+        raw = raw.decode() if isinstance(raw, bytes) else str(raw)
+        try:
+            stamp = ModelConfig(**json.loads(raw))
+        except (ValueError, TypeError, KoalarizationError):  # another version's fields: shapes still checked
+            log.warning("%s: unreadable network description %r; checking the weight shapes only", weights, raw[:80])
+    return sorted(shapes), stamp
+
+
+def _describe_mismatch(weights: Path, config_file: Path, trained: ModelConfig, configured: ModelConfig) -> str:
+    if (trained.image_size, trained.embedder) != (configured.image_size, configured.embedder):
+        return (f"--weights {weights}: trained at {trained.image_size} px with embedder {trained.embedder}, but "
+                f"{config_file} says {configured.image_size} px with embedder {configured.embedder}; "
+                f"use the config.json written beside these weights by their run")
+    fields = [f.name for f in dataclasses.fields(ModelConfig)
+              if getattr(trained, f.name) != getattr(configured, f.name)]
+    return (f"--weights {weights}: trained with another network than {config_file} describes "
+            f"({', '.join(fields)} differ); use the config.json written beside these weights by their run")
+
+
 def load_trained(weights: str | Path, embedder_weights: str | None = None) -> tuple[keras.Model, RunConfig]:
-    """The full model (L -> ab) with trained weights, and the RunConfig it was trained with."""
+    """The full model (L -> ab) with trained weights, and the RunConfig it was trained with.
+    Every problem with the file (missing, truncated, another network, size or embedder) is one
+    KoalarizationError naming the file."""
     from koalarization.embedding import build_embedder
     from koalarization.model import build_model, colorizer_of
 
@@ -66,13 +154,25 @@ def load_trained(weights: str | Path, embedder_weights: str | None = None) -> tu
     if not config_file.is_file():
         raise KoalarizationError(f"{config_file}: missing; the weights need the config.json written beside them")
     cfg = RunConfig.load(config_file)
+    shapes, stamp = _read_weights_file(weights)
+    if stamp is not None and _weighted(stamp) != _weighted(cfg.model):  # before building: the embedder may be a large download
+        raise KoalarizationError(_describe_mismatch(weights, config_file, stamp, cfg.model))
     embedder = build_embedder(cfg.model.embedder, embedder_weights)
     model = build_model(cfg.model, embedder)
-    try:
-        colorizer_of(model).load_weights(weights)
-    except Exception as err:  # noqa: BLE001 - h5py, Keras and OS errors all mean "wrong or broken file"
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    colorizer = colorizer_of(model)
+    expected = sorted(tuple(v.shape) for v in colorizer.weights)
+    if shapes != expected:  # Keras would skip extra layers silently, or fail deep inside its loader
         raise KoalarizationError(
-            f"--weights {weights}: cannot load into the network of {config_file} ({first})"
+            f"--weights {weights}: weights of another network than {config_file} describes ({len(shapes)} "
+            f"arrays in the file, {len(expected)} in the network, or other shapes); use the config.json "
+            f"written beside these weights by their run"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras' per-layer warnings; the error below says it in one line
+            colorizer.load_weights(weights)
+    except Exception as err:  # noqa: BLE001 - h5py, Keras and OS errors all mean "wrong or broken file"
+        raise KoalarizationError(
+            f"--weights {weights}: cannot load into the network of {config_file} ({_first_line(err)})"
         ) from None
     return model, cfg

@@ -10,6 +10,7 @@ import os
 import sys
 
 from koalarization import benchmark, prepare, serving_cli
+from koalarization.config import OPTIMIZERS
 from koalarization.errors import KoalarizationError
 
 # Defaults are read from the frozen config, never repeated here.
@@ -28,7 +29,8 @@ def _add_train(sub) -> None:
     p.add_argument("--image-size", type=int, default=DEFAULT, help=f"training size, multiple of 8 (default: {m.image_size})")
     p.add_argument("--embedder", default=DEFAULT, help=f"global feature extractor (default: {m.embedder})")
     p.add_argument("--embedder-weights", default=DEFAULT, metavar="PATH", help="local weights file of the embedder")
-    p.add_argument("--learning-rate", type=float, default=DEFAULT, help=f"RMSprop rate (default: {t.learning_rate})")
+    p.add_argument("--learning-rate", type=float, default=DEFAULT, help=f"learning rate (default: {t.learning_rate})")
+    p.add_argument("--optimizer", default=DEFAULT, choices=OPTIMIZERS, help=f"optimizer (default: {t.optimizer})")
     p.add_argument("--gpus", type=int, default=DEFAULT,
                    help="train on N GPUs with MirroredStrategy (--batch-size is global); several machines: "
                         "set TF_CONFIG (docs/distributed.md)")
@@ -52,7 +54,7 @@ def _add_test(sub) -> None:
     p = sub.add_parser("test", help="colorize the held-out photos and measure them",
                        description="Write predicted/, bw/, actual/, metrics.csv and summary.json.")
     p.add_argument("--data", required=True, help="the folder trained on (its saved test split is used), or any folder")
-    p.add_argument("--weights", required=True, help="colorize.weights.h5 of a run (config.json beside it)")
+    p.add_argument("--weights", default=None, help=serving_cli.WEIGHTS_HELP)
     p.add_argument("--output", default="model_output/test", help="where to write (default: model_output/test)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, default=None, help="test on the first N photos only")
@@ -95,7 +97,7 @@ def run_config_from_args(args):
     model = replace(ModelConfig(), image_size=args.image_size, embedder=args.embedder)
     train = replace(
         TrainConfig(), data=args.data, output=args.output, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, gpus=args.gpus, seed=args.seed, workers=args.workers,
+        learning_rate=args.learning_rate, optimizer=args.optimizer, gpus=args.gpus, seed=args.seed, workers=args.workers,
         embedder_weights=args.embedder_weights, backup_every_steps=args.backup_every_steps, augment=augment,
         prepared=args.prepared, precision=args.precision, jit_compile=True if args.jit_compile else None,
         device_preprocessing=True if args.device_preprocessing else None,
@@ -119,7 +121,7 @@ def _train(args) -> int:
 def _test(args) -> int:
     from koalarization.evaluate import evaluate
 
-    summary = evaluate(args.data, args.weights, args.output, batch_size=args.batch_size,
+    summary = evaluate(args.data, serving_cli.shipped_or(args.weights), args.output, batch_size=args.batch_size,
                        embedder_weights=args.embedder_weights, limit=args.limit, grid_rows=args.grid_rows)
     print(json.dumps(summary))
     return 0

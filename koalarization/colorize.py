@@ -198,15 +198,20 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         if not matches:
             raise KoalarizationError(f"INPUT {item}: no such file or folder, and no photo matches it")
     seen: set[Path] = set()
-    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+    return [p for p in found if not (_real(p) in seen or seen.add(_real(p)))]
+
+
+def _real(path: Path) -> Path:
+    """Path.resolve() without its RuntimeError on a symlink loop (the loop is skipped later, by name)."""
+    return Path(os.path.realpath(path))
 
 
 def output_paths(paths: list[Path], out_dir: Path) -> list[Path]:
     """NAME.png per input; NAME-1.png, ... on a clash (case-insensitively), never an input file itself."""
-    inputs, used, result = {p.resolve() for p in paths}, set(), []
+    inputs, used, result = {_real(p) for p in paths}, set(), []
     for path in paths:
         name, i = f"{path.stem}.png", 0
-        while name.lower() in used or (out_dir / name).resolve() in inputs:
+        while name.lower() in used or _real(out_dir / name) in inputs:
             i += 1
             name = f"{path.stem}-{i}.png"
         used.add(name.lower())
@@ -248,6 +253,8 @@ def colorize_files(inputs: list[str], weights, out_dir, size=None, saturation=1.
                 try:
                     batch.append((path, images.load_rgb(path)))
                 except images.ImageError as err:
+                    if len(paths) == 1:  # one photo asked for: its problem is the command's error
+                        raise
                     log.warning("skipped %s", err)
                     skipped += 1
                     bar.update(1)
@@ -256,6 +263,8 @@ def colorize_files(inputs: list[str], weights, out_dir, size=None, saturation=1.
                 save_png_atomic(rgb, targets[path])
                 done += 1
                 bar.update(1)
+    if not done:
+        raise KoalarizationError(f"INPUT {' '.join(inputs)}: none of the {len(paths)} photos could be read")
     return {"colorized": done, "skipped": skipped, "out": str(out_dir),
             "seconds": round(time.perf_counter() - start, 2)}
 

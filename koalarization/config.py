@@ -16,6 +16,7 @@ from koalarization.errors import KoalarizationError
 
 UP = "up"  # decoder token: UpSampling2D x2
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # TrainConfig.precision: Keras dtype policies
+OPTIMIZERS = ("rmsprop", "adam")  # TrainConfig.optimizer: keras.optimizers by name
 
 # REFERENCE.md, "The network": encoder 64 s2 . 128 . 128 s2 . 256 . 256 s2 . 512 . 512 . 256
 REFERENCE_ENCODER = ((64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 1), (256, 1))
@@ -32,11 +33,25 @@ class ModelConfig:
     fusion_filters: int = 256  # 1x1 conv after concatenating the embedding
     decoder: tuple = REFERENCE_DECODER  # filters of 3x3 ReLU convs, or UP
     embedder: str = "inception_resnet_v2"
+    # BatchNormalization after every hidden conv (Zhang et al.'s colorizer has it; the reference does not).
+    # It let a 64 px model learn colour from 830 photos on a CPU, where the plain one learnt a constant tint.
+    batch_norm: bool = False
+    # Dropout on the global embedding while training. With one photo per class (imagenet-sample) the
+    # near-one-hot embedding lets the network memorise each photo's colours instead of learning local cues.
+    embedding_dropout: float = 0.0
+    # A fixed gain on the predicted ab (then clipped to [-1, 1]), set after training, not trained: MSE
+    # shrinks uncertain colours toward gray, and a gain chosen on held-out photos trades PSNR for
+    # colourfulness (docs/model_card.md). It has no weights: the same file loads with any gain.
+    ab_gain: float = 1.0
 
     def __post_init__(self):
         # JSON gives lists; keep the dataclass hashable and comparable.
         object.__setattr__(self, "encoder", tuple(tuple(int(v) for v in e) for e in self.encoder))
         object.__setattr__(self, "decoder", tuple(d if d == UP else int(d) for d in self.decoder))
+        if not 0.0 < self.ab_gain <= 4.0:  # also refuses NaN
+            raise KoalarizationError(f"ab_gain {self.ab_gain}: must be above 0 and at most 4 (1 = as trained)")
+        if not 0.0 <= self.embedding_dropout < 1.0:
+            raise KoalarizationError(f"embedding_dropout {self.embedding_dropout}: must be in [0, 1)")
         factor = self.downsampling
         if self.image_size <= 0 or self.image_size % factor:
             raise KoalarizationError(
@@ -80,7 +95,8 @@ class TrainConfig:
     output: str = "model_output"
     epochs: int = 100  # EarlyStopping usually ends the run first
     batch_size: int = 32  # the reference used 100 over 4 GPUs; 32 fits a laptop
-    learning_rate: float = 1e-3  # RMSprop
+    learning_rate: float = 1e-3
+    optimizer: str = "rmsprop"  # OPTIMIZERS: the Keras reproduction's RMSprop, or the original code's Adam
     seed: int = 0
     val_fraction: float = 0.1275
     test_fraction: float = 0.15

@@ -40,12 +40,18 @@ SPLIT_FILE = "split.json"
 
 # ----------------------------------------------------------------------------------------------- scanning
 def scan_photos(root: str | Path, workers: int = 8) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Colour photos under `root`, and the skipped files with the reason. Reads file headers only."""
+    """Colour photos under `root`, and the skipped files with the reason (grayscale, unreadable, truncated).
+
+    Decodes every colour photo once (JPEGs at 1/8 scale): a truncated file found only in mid-training
+    would be skipped there without a word if it fell into the test split, and counted apart from these."""
     files = images.find_images(root)
 
     def probe(path: Path) -> str | None:
         try:
-            return "grayscale" if images.is_grayscale_mode(path) else None
+            if images.is_grayscale_mode(path):
+                return "grayscale"
+            images.check_decodes(path)
+            return None
         except images.ImageError as err:
             return str(err).removeprefix(f"{path}: ")
 

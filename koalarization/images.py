@@ -72,6 +72,12 @@ def is_grayscale_mode(path: str | Path) -> bool:
         return image.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
+def check_decodes(path: str | Path) -> None:
+    """Raise ImageError unless the whole file decodes. JPEGs decode at 1/8 scale (Pillow's draft mode: the
+    entropy-coded data is still read to its end, so truncation shows), so a scan stays cheap."""
+    load_rgb(path, max_side=1)
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB; transparency is composited on white (how a viewer shows it)."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):

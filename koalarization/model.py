@@ -37,8 +37,32 @@ class Fusion(layers.Layer):
         return (*grid[:3], grid[3] + embedding[-1])
 
 
+@keras.saving.register_keras_serializable(package="koalarization")
+class ABGain(layers.Layer):
+    """ab (B, S, S, 2) in [-1, 1] -> clip(gain * ab, -1, 1): ModelConfig.ab_gain, a fixed calibration."""
+
+    def __init__(self, gain: float, **kwargs):
+        super().__init__(**kwargs)
+        self.gain = float(gain)
+
+    def call(self, ab):
+        return ops.clip(ab * self.gain, -1.0, 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "gain": self.gain}
+
+
 def _conv(filters: int, name: str, strides: int = 1, kernel: int = 3, activation: str = "relu"):
     return layers.Conv2D(filters, kernel, strides=strides, padding="same", activation=activation, name=name)
+
+
+def _hidden_conv(x, cfg: ModelConfig, filters: int, name: str, strides: int = 1, kernel: int = 3):
+    """A 3x3 ReLU conv; with cfg.batch_norm, conv (no bias) -> BatchNormalization -> ReLU."""
+    if not cfg.batch_norm:
+        return _conv(filters, name, strides=strides, kernel=kernel)(x)
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=name)(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
 
 
 def build_encoder(cfg: ModelConfig) -> keras.Model:
@@ -46,7 +70,7 @@ def build_encoder(cfg: ModelConfig) -> keras.Model:
     inputs = keras.Input((None, None, 1), name="L")
     x = inputs
     for i, (filters, stride) in enumerate(cfg.encoder):
-        x = _conv(filters, f"encoder_conv{i}", strides=stride)(x)
+        x = _hidden_conv(x, cfg, filters, f"encoder_conv{i}", strides=stride)
     return keras.Model(inputs, x, name="encoder")
 
 
@@ -55,7 +79,7 @@ def build_decoder(cfg: ModelConfig, channels: int) -> keras.Model:
     inputs = keras.Input((None, None, channels), name="fused")
     x = inputs
     for i, spec in enumerate(cfg.decoder):
-        x = layers.UpSampling2D(2, name=f"decoder_up{i}")(x) if spec == UP else _conv(spec, f"decoder_conv{i}")(x)
+        x = layers.UpSampling2D(2, name=f"decoder_up{i}")(x) if spec == UP else _hidden_conv(x, cfg, spec, f"decoder_conv{i}")
     # Keras reproduction: Conv 2 tanh, then the last x2 upsampling (REFERENCE.md).
     x = _conv(2, "decoder_ab", activation="tanh")(x)
     x = layers.UpSampling2D(2, name="decoder_up_out")(x)
@@ -68,9 +92,13 @@ def build_colorizer(cfg: ModelConfig, embedding_dim: int = 1000) -> keras.Model:
     lightness = keras.Input((size, size, 1), name="L")
     embedding = keras.Input((embedding_dim,), name="embedding")
     grid = build_encoder(cfg)(lightness)
-    fused = Fusion(name="fusion")([grid, embedding])
-    fused = _conv(cfg.fusion_filters, "fusion_conv", kernel=1)(fused)
+    global_feature = layers.Dropout(cfg.embedding_dropout, name="embedding_dropout")(embedding) \
+        if cfg.embedding_dropout else embedding
+    fused = Fusion(name="fusion")([grid, global_feature])
+    fused = _hidden_conv(fused, cfg, cfg.fusion_filters, "fusion_conv", kernel=1)
     ab = build_decoder(cfg, cfg.fusion_filters)(fused)
+    if cfg.ab_gain != 1.0:
+        ab = ABGain(cfg.ab_gain, name="ab_gain")(ab)
     return keras.Model([lightness, embedding], ab, name="colorizer")
 
 

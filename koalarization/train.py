@@ -26,7 +26,7 @@ import keras
 
 from koalarization import backup, checkpoint, distribute
 from koalarization.callbacks import CurvesPlot, ValidationImages
-from koalarization.config import PRECISIONS, RunConfig
+from koalarization.config import OPTIMIZERS, PRECISIONS, RunConfig
 from koalarization.data import SPLIT_FILE, BatchSource, EpochSetter, Split, make_split, scan_photos
 from koalarization.data import rgb_to_network, write_text_atomic
 from koalarization.embedding import build_embedder
@@ -96,6 +96,7 @@ def build_callbacks(cfg, output, colorizer, sources, val_batch, extra=(), start=
     best = checkpoint.ColorizerCheckpoint(
         colorizer,
         str(output / checkpoint.WEIGHTS_FILE),
+        stamp=cfg.model,  # load_trained refuses these weights beside another run's config.json
         monitor="val_loss",
         save_best_only=True,  # on resume, backup.StepBackup restores its `best`: no worse weights overwrite it
     )
@@ -125,6 +126,14 @@ def build_callbacks(cfg, output, colorizer, sources, val_batch, extra=(), start=
         output / BACKUP_DIR, steps, t.backup_every_steps, start, (best, early_stopping, reduce_lr), write=chief
     ))
     return callbacks + list(extra)
+
+
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    """config.OPTIMIZERS by name, with Keras' defaults otherwise."""
+    optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
+    if name not in optimizers:
+        raise KoalarizationError(f"--optimizer {name}: choose one of {', '.join(OPTIMIZERS)}")
+    return optimizers[name](learning_rate)
 
 
 @contextlib.contextmanager
@@ -162,7 +171,7 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
             raise KoalarizationError("--device-preprocessing does not work with several devices or workers yet")
         model = (build_device_model if t.device_preprocessing else build_model)(cfg.model, embedder)
         loss = None if t.device_preprocessing else "mse"
-        model.compile(optimizer=keras.optimizers.RMSprop(t.learning_rate), loss=loss, jit_compile=t.jit_compile)
+        model.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate), loss=loss, jit_compile=t.jit_compile)
         model.optimizer.build(model.trainable_variables)  # backups hold the optimizer's variables too
 
     # Weights, optimizer (learning rate included), position and callback state; every worker takes the chief's.
@@ -212,11 +221,14 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
     history.history = merged
 
     losses = history.history.get("loss", [])
-    if losses and not math.isfinite(losses[-1]):
-        raise KoalarizationError(
-            f"training stopped: the loss became {losses[-1]} (NaN/inf); the best weights so far are in "
-            f"{output / checkpoint.WEIGHTS_FILE}; try a lower learning rate"
-        )
+    diverged = next(cb.diverged for cb in cbs if isinstance(cb, backup.StepBackup))
+    if diverged or (losses and not math.isfinite(losses[-1])):
+        best = output / checkpoint.WEIGHTS_FILE  # AtomicWeightsSaver never writes non-finite weights
+        kept = (f"the best weights so far are in {best}" if best.is_file()
+                else "no epoch ended with finite weights, so none were saved")
+        what = (f"the loss became {losses[-1]}" if losses and not math.isfinite(losses[-1])
+                else "the weights became NaN or infinite")
+        raise KoalarizationError(f"training stopped: {what}; {kept}; try a lower --learning-rate")
     failed = len(set(train_source.failed_files) | set(val_source.failed_files))
     if failed:
         log.warning("%d photo(s) failed to decode during training and were left out of the loss", failed)

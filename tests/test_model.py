@@ -105,3 +105,43 @@ def test_fusion_layer_serializes():
     clone = Fusion.from_config(layer.get_config())
     assert clone.name == "f"
     assert keras.saving.get_registered_object("koalarization>Fusion") is Fusion
+
+
+# ------------------------------------------------------------------ options the shipped weights use
+def test_batch_norm_adds_a_normalisation_after_every_hidden_conv(tiny_model_config):
+    cfg = tiny_model_config
+    plain = build_colorizer(cfg)
+    normed = build_colorizer(ModelConfig(**{**cfg.__dict__, "batch_norm": True}))
+    hidden = [l for l in _flat_layers(plain) if isinstance(l, keras.layers.Conv2D)][:-1]  # not the tanh one
+    norms = [l for l in _flat_layers(normed) if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(norms) == len(hidden) == 8 + 1 + 4
+    # Same convolutions otherwise; each BatchNormalization replaces that conv's bias.
+    assert normed.count_params() == plain.count_params() + sum(4 * c.filters - c.filters for c in hidden)
+
+
+def test_ab_gain_scales_and_clips_the_output_and_loads_the_same_weights(tmp_path, tiny_model_config):
+    cfg = tiny_model_config
+    base = build_colorizer(cfg, embedding_dim=7)
+    gained = build_colorizer(ModelConfig(**{**cfg.__dict__, "ab_gain": 3.0}), embedding_dim=7)
+    base.save_weights(tmp_path / "w.weights.h5")
+    gained.load_weights(tmp_path / "w.weights.h5")  # the gain has no weights
+    rng = np.random.default_rng(0)
+    inputs = [rng.uniform(-1, 1, (2, 32, 32, 1)).astype("float32"), rng.uniform(0, 1, (2, 7)).astype("float32")]
+    out, out3 = (np.asarray(m.predict(inputs, verbose=0)) for m in (base, gained))
+    np.testing.assert_allclose(out3, np.clip(3.0 * out, -1, 1), atol=1e-6)
+    assert np.abs(out).max() > 0  # not a trivially zero network
+    with pytest.raises(KoalarizationError, match="ab_gain"):
+        ModelConfig(**{**cfg.__dict__, "ab_gain": 0.0})
+
+
+def test_embedding_dropout_acts_only_in_training(tiny_model_config):
+    cfg = ModelConfig(**{**tiny_model_config.__dict__, "embedding_dropout": 0.9})
+    model = build_colorizer(cfg, embedding_dim=16)
+    rng = np.random.default_rng(1)
+    inputs = [rng.uniform(-1, 1, (4, 32, 32, 1)).astype("float32"), rng.uniform(0.5, 1, (4, 16)).astype("float32")]
+    inference = [np.asarray(model(inputs, training=False)) for _ in range(2)]
+    np.testing.assert_array_equal(*inference)  # deterministic outside training
+    dropout = model.get_layer("embedding_dropout")
+    kept = np.asarray(dropout(inputs[1], training=True))
+    assert 0.0 < (kept == 0).mean() < 1.0  # some units dropped, some kept (and scaled by 1 / (1 - 0.9))
+    np.testing.assert_allclose(kept[kept != 0], (inputs[1] / 0.1)[kept != 0], rtol=1e-5)
