@@ -219,17 +219,6 @@ def output_paths(paths: list[Path], out_dir: Path) -> list[Path]:
     return result
 
 
-def save_png_atomic(rgb: np.ndarray, path: Path) -> None:
-    """Write through a temporary name + os.replace: a killed run never leaves half a PNG under NAME.png."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(rgb).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise KoalarizationError(f"--out {path.parent}: cannot write {path.name} ({err.strerror or err})") from None
-
-
 def colorize_files(inputs: list[str], weights, out_dir, size=None, saturation=1.0, batch_size=8,
                    embedder_weights=None) -> dict:
     """Colorize every photo of `inputs` into `out_dir` as PNGs of the photos' own sizes (EXIF applied)."""
@@ -260,7 +249,7 @@ def colorize_files(inputs: list[str], weights, out_dir, size=None, saturation=1.
                     bar.update(1)
             results = colorizer.colorize_many([rgb for _, rgb in batch], saturation)
             for (path, _), rgb in zip(batch, results):
-                save_png_atomic(rgb, targets[path])
+                images.save_png_atomic(rgb, targets[path])
                 done += 1
                 bar.update(1)
     if not done:

@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
@@ -48,17 +47,6 @@ def image_metrics(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, flo
         psnr = peak_signal_noise_ratio(actual, predicted, data_range=255)
     ssim = structural_similarity(actual, predicted, channel_axis=-1, data_range=255)
     return float(psnr), float(ssim)
-
-
-def save_png_atomic(rgb_uint8: np.ndarray, path: Path) -> None:
-    """Temporary name + os.replace: a killed or failed run never leaves half a PNG under NAME.png."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        Image.fromarray(rgb_uint8).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise KoalarizationError(f"--output {path.parent}: cannot write {path.name} ({err.strerror or err})") from None
 
 
 def test_files(data: str | Path, weights: str | Path) -> list[Path]:
@@ -117,7 +105,7 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
         bw = color.to_uint8(color.gray_rgb_from_l(lightness))
         for i, (path, name) in enumerate(names):
             for folder, img in zip(OUTPUT_FOLDERS, (predicted[i], bw[i], actual[i])):
-                save_png_atomic(img, output / folder / name)
+                images.save_png_atomic(img, output / folder / name, "--output")
             psnr, ssim = image_metrics(actual[i], predicted[i])
             gray_psnr, gray_ssim = image_metrics(actual[i], bw[i])
             rows.append({

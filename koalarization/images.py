@@ -140,3 +140,16 @@ def load_rgb_bytes(data: bytes, name: str = "upload") -> np.ndarray:
     """
     with _open(io.BytesIO(data), name) as image:
         return _decode(image, name)
+
+
+def save_png_atomic(rgb: np.ndarray, path: Path, flag: str = "--out") -> None:
+    """uint8 RGB (H, W, 3) -> PNG at `path`, through a temporary name + os.replace: a killed or failed run
+    never leaves half a PNG under NAME.png. A write error is one KoalarizationError naming `flag`'s folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise KoalarizationError(f"{flag} {path.parent}: cannot write {path.name} ({err.strerror or err})") from None

@@ -145,3 +145,24 @@ def test_embedding_dropout_acts_only_in_training(tiny_model_config):
     kept = np.asarray(dropout(inputs[1], training=True))
     assert 0.0 < (kept == 0).mean() < 1.0  # some units dropped, some kept (and scaled by 1 / (1 - 0.9))
     np.testing.assert_allclose(kept[kept != 0], (inputs[1] / 0.1)[kept != 0], rtol=1e-5)
+
+
+def test_pooled_embedder_gives_the_classifiers_pooled_features():
+    from koalarization.embedding import RANDOM
+
+    pooled = build_embedder("efficientnet_lite0_pooled", RANDOM)
+    full = build_embedder("efficientnet_lite0", RANDOM)
+    assert pooled.output.shape == (None, 1280) and full.output.shape == (None, 1000)
+    lightness = np.random.default_rng(2).uniform(-1, 1, (2, 64, 64, 1)).astype("float32")
+    features = np.asarray(pooled(lightness))
+    assert np.isfinite(features).all() and features.std() > 0
+    assert not pooled.trainable_weights  # frozen, like every embedder
+
+
+def test_optimizer_by_name():
+    from koalarization.train import make_optimizer
+
+    assert isinstance(make_optimizer("adam", 1e-4), keras.optimizers.Adam)
+    assert isinstance(make_optimizer("rmsprop", 1e-3), keras.optimizers.RMSprop)
+    with pytest.raises(KoalarizationError, match="--optimizer sgd"):
+        make_optimizer("sgd", 1e-3)

@@ -1,0 +1,69 @@
+"""Copy a trained run's best weights into the package (koalarization/weights/), stored as float16.
+
+    python docs/scripts/ship_weights.py --run runs/shipped --ab-gain 2.0
+
+Writes koalarization/weights/colorize.weights.h5 (float16 arrays: Keras casts them to the float32
+variables on load) and config.json (the run's config with the chosen ab_gain), then loads them back with
+`load_trained` and prints the file size and the largest difference from the float32 weights' output.
+"""
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from koalarization.checkpoint import CONFIG_FILE, STAMP, WEIGHTS_FILE, load_trained
+from koalarization.config import RunConfig
+
+PACKAGE_WEIGHTS = Path(__file__).resolve().parents[2] / "koalarization" / "weights"
+
+
+def to_float16(src: Path, dst: Path, stamp: str) -> None:
+    """An .h5 weights file with every float32 array as float16; groups and attributes kept; new stamp."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    with h5py.File(src, "r") as fin, h5py.File(tmp, "w") as fout:
+        def copy(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                data = obj[()]
+                if data.dtype == np.float32:
+                    data = data.astype(np.float16)
+                fout.create_dataset(name, data=data)
+            else:
+                fout.require_group(name)
+            fout[name].attrs.update(dict(obj.attrs))
+
+        fin.visititems(copy)
+        fout.attrs.update(dict(fin.attrs))
+        fout.attrs[STAMP] = stamp
+    tmp.replace(dst)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="a train output folder")
+    p.add_argument("--ab-gain", type=float, required=True, help="from docs/scripts/choose_gain.py")
+    p.add_argument("--out", default=str(PACKAGE_WEIGHTS))
+    args = p.parse_args()
+    run, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = RunConfig.load(run / CONFIG_FILE)
+    shipped = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ab_gain=args.ab_gain),
+                                  train=dataclasses.replace(cfg.train, data="../shared/data/imagenet-sample",
+                                                            output=run.name, prepared=None))
+    to_float16(run / WEIGHTS_FILE, out / WEIGHTS_FILE, json.dumps(dataclasses.asdict(shipped.model)))
+    (out / CONFIG_FILE).write_text(shipped.to_json() + "\n")
+
+    reference, _ = load_trained(run / WEIGHTS_FILE)
+    loaded, _ = load_trained(out / WEIGHTS_FILE)
+    lightness = np.random.default_rng(0).uniform(-1, 1, (2, cfg.model.image_size, cfg.model.image_size, 1))
+    expected = np.clip(np.asarray(reference.predict(lightness, verbose=0)) * args.ab_gain, -1, 1)
+    got = np.asarray(loaded.predict(lightness, verbose=0))
+    print(json.dumps({"weights": str(out / WEIGHTS_FILE), "mb": (out / WEIGHTS_FILE).stat().st_size / 2**20,
+                      "max_abs_diff_vs_float32": float(np.abs(expected - got).max())}))
+
+
+if __name__ == "__main__":
+    main()
