@@ -39,9 +39,9 @@ class ModelConfig:
     # Dropout on the global embedding while training. With one photo per class (imagenet-sample) the
     # near-one-hot embedding lets the network memorise each photo's colours instead of learning local cues.
     embedding_dropout: float = 0.0
-    # A fixed gain on the predicted ab (then clipped to [-1, 1]), set after training, not trained: MSE
-    # shrinks uncertain colours toward gray, and a gain chosen on held-out photos trades PSNR for
-    # colourfulness (docs/model_card.md). It has no weights: the same file loads with any gain.
+    # A fixed gain on how the predicted ab varies within each photo (model.ABGain; the photo's mean ab is
+    # kept), set after training, not trained: MSE shrinks uncertain colours toward the mean, and a gain
+    # chosen on held-out photos trades PSNR for colourfulness (docs/model_card.md). It has no weights.
     ab_gain: float = 1.0
 
     def __post_init__(self):

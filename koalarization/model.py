@@ -39,14 +39,20 @@ class Fusion(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="koalarization")
 class ABGain(layers.Layer):
-    """ab (B, S, S, 2) in [-1, 1] -> clip(gain * ab, -1, 1): ModelConfig.ab_gain, a fixed calibration."""
+    """ab (B, S, S, 2) in [-1, 1] -> clip(m + gain * (ab - m), -1, 1), m = each photo's mean ab (B, 1, 1, 2).
+
+    ModelConfig.ab_gain, a fixed calibration: it scales how the colour varies within the photo and keeps
+    the photo's overall cast as predicted. MSE shrinks the uncertain within-photo variation far more than
+    the cast; scaling the whole ab instead also amplified wrong casts (docs/model_card.md compares both).
+    """
 
     def __init__(self, gain: float, **kwargs):
         super().__init__(**kwargs)
         self.gain = float(gain)
 
     def call(self, ab):
-        return ops.clip(ab * self.gain, -1.0, 1.0)
+        cast = ops.mean(ab, axis=(1, 2), keepdims=True)
+        return ops.clip(cast + self.gain * (ab - cast), -1.0, 1.0)
 
     def get_config(self):
         return {**super().get_config(), "gain": self.gain}

@@ -119,7 +119,7 @@ def test_batch_norm_adds_a_normalisation_after_every_hidden_conv(tiny_model_conf
     assert normed.count_params() == plain.count_params() + sum(4 * c.filters - c.filters for c in hidden)
 
 
-def test_ab_gain_scales_and_clips_the_output_and_loads_the_same_weights(tmp_path, tiny_model_config):
+def test_ab_gain_scales_the_variation_around_each_photos_cast_and_loads_the_same_weights(tmp_path, tiny_model_config):
     cfg = tiny_model_config
     base = build_colorizer(cfg, embedding_dim=7)
     gained = build_colorizer(ModelConfig(**{**cfg.__dict__, "ab_gain": 3.0}), embedding_dim=7)
@@ -128,7 +128,9 @@ def test_ab_gain_scales_and_clips_the_output_and_loads_the_same_weights(tmp_path
     rng = np.random.default_rng(0)
     inputs = [rng.uniform(-1, 1, (2, 32, 32, 1)).astype("float32"), rng.uniform(0, 1, (2, 7)).astype("float32")]
     out, out3 = (np.asarray(m.predict(inputs, verbose=0)) for m in (base, gained))
-    np.testing.assert_allclose(out3, np.clip(3.0 * out, -1, 1), atol=1e-6)
+    cast = out.mean(axis=(1, 2), keepdims=True)  # each photo's mean ab stays; the variation around it x3
+    np.testing.assert_allclose(out3, np.clip(cast + 3.0 * (out - cast), -1, 1), atol=1e-6)
+    assert np.abs(out - cast).max() > 0  # there is variation to scale
     assert np.abs(out).max() > 0  # not a trivially zero network
     with pytest.raises(KoalarizationError, match="ab_gain"):
         ModelConfig(**{**cfg.__dict__, "ab_gain": 0.0})

@@ -2,8 +2,8 @@
 
     python docs/scripts/choose_gain.py --run runs/shipped [--margin 0]
 
-MSE training shrinks uncertain colours toward gray; a gain g > 1 on the predicted ab buys colourfulness at
-the price of PSNR. Rule (fixed before looking at any test set): the most colourful, i.e. the largest, g on
+MSE training shrinks uncertain colours toward the mean; a gain g > 1 on how the predicted ab varies within
+each photo (model.ABGain) buys colourfulness at the price of PSNR. Rule (fixed before looking at any test set): the most colourful, i.e. the largest, g on
 a 0.1 grid whose mean PSNR on these photos is still at least --margin dB above the gray baseline's (the
 issue's two targets, PSNR above gray and colour, moved onto photos we may look at). coco-val128, the test
 set, is never used here.
@@ -20,6 +20,7 @@ from koalarization import color, images
 from koalarization.checkpoint import WEIGHTS_FILE, load_trained
 from koalarization.data import SPLIT_FILE, Split
 from koalarization.evaluate import colorfulness, image_metrics
+from koalarization.model import ABGain
 
 GAINS = np.round(np.arange(1.0, 3.01, 0.1), 2)
 
@@ -35,13 +36,15 @@ def main():
     size = cfg.model.image_size
     actual = np.stack([images.resize_rgb(images.load_rgb(f, max_side=size), size) for f in split.val + split.test])
     lightness, _ = color.rgb_uint8_to_network(actual)
-    ab = np.asarray(model.predict(lightness, verbose=0)) / cfg.model.ab_gain  # the network's own output
+    if cfg.model.ab_gain != 1.0:
+        raise SystemExit(f"{run}: choose the gain of a run trained with ab_gain 1, not {cfg.model.ab_gain}")
+    ab = np.asarray(model.predict(lightness, verbose=0))
     gray = color.to_uint8(color.gray_rgb_from_l(lightness))
     gray_psnr = np.mean([image_metrics(a, g)[0] for a, g in zip(actual, gray)])
     truth = np.mean([colorfulness(a) for a in actual])
     chosen = {"ab_gain": 1.0}
     for gain in GAINS:
-        predicted = color.to_uint8(color.network_to_rgb(lightness, np.clip(ab * gain, -1.0, 1.0)))
+        predicted = color.to_uint8(color.network_to_rgb(lightness, np.asarray(ABGain(gain)(ab))))
         psnr = float(np.mean([image_metrics(a, q)[0] for a, q in zip(actual, predicted)]))
         colour = float(np.mean([colorfulness(q) for q in predicted]))
         row = {"ab_gain": float(gain), "psnr": psnr, "gray_psnr": float(gray_psnr), "colorfulness": colour,

@@ -17,6 +17,7 @@ import numpy as np
 
 from koalarization.checkpoint import CONFIG_FILE, STAMP, WEIGHTS_FILE, load_trained
 from koalarization.config import RunConfig
+from koalarization.model import ABGain
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parents[2] / "koalarization" / "weights"
 
@@ -59,7 +60,7 @@ def main():
     reference, _ = load_trained(run / WEIGHTS_FILE)
     loaded, _ = load_trained(out / WEIGHTS_FILE)
     lightness = np.random.default_rng(0).uniform(-1, 1, (2, cfg.model.image_size, cfg.model.image_size, 1))
-    expected = np.clip(np.asarray(reference.predict(lightness, verbose=0)) * args.ab_gain, -1, 1)
+    expected = np.asarray(ABGain(args.ab_gain)(np.asarray(reference.predict(lightness, verbose=0))))
     got = np.asarray(loaded.predict(lightness, verbose=0))
     print(json.dumps({"weights": str(out / WEIGHTS_FILE), "mb": (out / WEIGHTS_FILE).stat().st_size / 2**20,
                       "max_abs_diff_vs_float32": float(np.abs(expected - got).max())}))
