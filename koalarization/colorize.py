@@ -197,8 +197,10 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 found.append(Path(match))
         if not matches:
             raise KoalarizationError(f"INPUT {item}: no such file or folder, and no photo matches it")
-    seen: set[Path] = set()
-    return [p for p in found if not (_real(p) in seen or seen.add(_real(p)))]
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(_real(p), p)  # the first name of each file, in order
+    return list(unique.values())
 
 
 def _real(path: Path) -> Path:

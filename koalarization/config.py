@@ -34,7 +34,7 @@ class ModelConfig:
     decoder: tuple = REFERENCE_DECODER  # filters of 3x3 ReLU convs, or UP
     embedder: str = "inception_resnet_v2"
     # BatchNormalization after every hidden conv (Zhang et al.'s colorizer has it; the reference does not).
-    # It let a 64 px model learn colour from 830 photos on a CPU, where the plain one learnt a constant tint.
+    # Off in the shipped weights: on 830 photos at 64 px it did no better (docs/model_card.md, run A).
     batch_norm: bool = False
     # Dropout on the global embedding while training. With one photo per class (imagenet-sample) the
     # near-one-hot embedding lets the network memorise each photo's colours instead of learning local cues.

@@ -48,10 +48,7 @@ def scan_photos(root: str | Path, workers: int = 8) -> tuple[list[Path], list[tu
 
     def probe(path: Path) -> str | None:
         try:
-            if images.is_grayscale_mode(path):
-                return "grayscale"
-            images.check_decodes(path)
-            return None
+            return None if images.has_colour(path) else "grayscale"
         except images.ImageError as err:
             return str(err).removeprefix(f"{path}: ")
 

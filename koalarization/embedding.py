@@ -2,7 +2,8 @@
 
     build_embedder(name, weights) -> keras.Model
         input  L scaled (B, H, W, 1) float32 in [-1, 1]   (any H, W)
-        output (B, 1000) float32 softmax probabilities       (ImageNet classes)
+        output (B, D) float32: D = 1000 softmax probabilities (ImageNet classes), or for the *_pooled
+               embedders the classifier's average-pooled features (1280 for EfficientNet-Lite0)
 
 The gray photo is recomputed from L (a = b = 0), repeated to RGB, resized to the classifier's resolution
 and scaled to its input range inside the graph, so training, `test` and `colorize` all feed it the same way.
@@ -147,7 +148,7 @@ class EmbedderInput(keras.layers.Layer):
 
 
 def build_embedder(name: str, weights: str | None = None) -> keras.Model:
-    """A frozen embedder: L scaled (B, H, W, 1) in [-1, 1] -> (B, 1000) probabilities."""
+    """A frozen embedder: L scaled (B, H, W, 1) in [-1, 1] -> (B, D) (see the module docstring)."""
     spec = get_spec(name)
     classifier = spec.build(weights)
     classifier.trainable = False  # frozen (paper 3.2); BatchNorm layers then also run in inference mode

@@ -66,16 +66,16 @@ def _open(source, path) -> Image.Image:
         raise ImageError(f"{path}: cannot read ({err})") from None
 
 
-def is_grayscale_mode(path: str | Path) -> bool:
-    """True when the file's header says it has no colour (modes 1, L, LA, I, I;16, F). Reads the header only."""
-    with _open(Path(path), path) as image:
-        return image.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-
-
-def check_decodes(path: str | Path) -> None:
-    """Raise ImageError unless the whole file decodes. JPEGs decode at 1/8 scale (Pillow's draft mode: the
-    entropy-coded data is still read to its end, so truncation shows), so a scan stays cheap."""
-    load_rgb(path, max_side=1)
+def has_colour(path: str | Path) -> bool:
+    """False when the file's header says it has no colour (modes 1, L, LA, I, I;16, F). A colour file is
+    also decoded whole, in the same open: JPEGs at 1/8 scale (Pillow's draft mode still reads the
+    entropy-coded data to its end, so truncation shows), so a scan stays cheap. Broken files: ImageError."""
+    path = Path(path)
+    with _open(path, path) as image:
+        if image.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            return False
+        _decode(image, path, max_side=1)
+        return True
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
