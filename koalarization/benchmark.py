@@ -2,9 +2,12 @@
 
 Each prints a few lines for people, then one JSON object on the last line (for scripts and docs/performance.md):
 
-    benchmark pipeline  images_per_s, peak_rss_mb, ... and with --reference the reference-style pipeline's
-                        load and per-batch phases on the same photos (reference_pipeline.py) and the ratios;
-                        with --memory-check K, the peak memory of a run whose photo list is K times longer
+    benchmark pipeline  what `train` feeds its model, on the same cache: cache_s (the one-time decoding and
+                        embedding, the first epoch's extra cost), images_per_s of the batches, and
+                        preprocess_images_per_s of the in-graph augmentation and Lab conversion run here;
+                        with --reference the reference-style pipeline's load and per-batch phases on the
+                        same photos (reference_pipeline.py) and the ratios; with --memory-check K, the
+                        peak memory of a run whose photo list is K times longer
     benchmark train     images_per_s on synthetic in-memory batches (no I/O, warm-up excluded),
                         flops_per_image (flops.py), and on a GPU the MFU against the device's peak
                         (train_benchmark.py)
@@ -12,6 +15,7 @@ Each prints a few lines for people, then one JSON object on the last line (for s
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -21,6 +25,7 @@ import sys
 import threading
 import time
 
+BENCH_EMBEDDER = "efficientnet_lite0_pooled"  # installs offline, and is the shipped weights' embedder
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -86,27 +91,29 @@ def consume(source, steps: int) -> int:
     return photos
 
 
+def pipeline_config(args):
+    """The RunConfig whose batches `benchmark pipeline` makes (the flags train would take)."""
+    from koalarization.config import AugmentConfig, ModelConfig, RunConfig, TrainConfig
+
+    train = TrainConfig(data=tuple(args.data), image_size=args.image_size, batch_size=args.batch_size,
+                        seed=args.seed, workers=args.workers if args.workers is not None else TrainConfig().workers,
+                        cache=args.cache, augment=AugmentConfig(enabled=not args.no_augment))
+    return RunConfig(ModelConfig(embedder=args.embedder), train)
+
+
 def bench_pipeline(args) -> dict:
-    from koalarization.config import AugmentConfig, TrainConfig
-    from koalarization.data import BatchSource, scan_photos
+    from koalarization.data import BatchSource
+    from koalarization.train import photo_cache
 
-    files, skipped = scan_photos(args.data)
-    if not files:
-        from koalarization.errors import KoalarizationError
-
-        raise KoalarizationError(f"--data {args.data}: no usable colour photos found")
-    augment = AugmentConfig(enabled=not args.no_augment)
-    workers = args.workers if args.workers is not None else TrainConfig().workers
-    store = None
-    if args.prepared:
-        from koalarization.prepare import PreparedPhotos
-
-        store = PreparedPhotos(args.prepared, args.image_size)
+    cfg = pipeline_config(args)
+    t = cfg.train
+    start = time.perf_counter()
+    store = photo_cache(cfg, progress=False)
+    cache_s = time.perf_counter() - start
+    files = store.usable
     listed = list(files) * args.repeat_list
-    source = BatchSource(listed, args.batch_size, args.image_size, seed=args.seed, augment=augment,
-                         workers=workers, store=store,
-                         device_preprocessing=args.device_preprocessing)
-    steps = args.steps or -(-len(files) // args.batch_size)  # default: one epoch of the photos, not the list
+    source = BatchSource(store, listed, t.batch_size, seed=t.seed, augment=t.augment, workers=t.workers)
+    steps = args.steps or -(-len(files) // t.batch_size)  # default: one epoch of the photos, not the list
     with PeakRSS() as memory:
         start, cpu = time.perf_counter(), time.process_time()
         photos = consume(source, steps)
@@ -115,23 +122,45 @@ def bench_pipeline(args) -> dict:
         "benchmark": "pipeline", "images_per_s": photos / seconds, "peak_rss_mb": peak_rss_mb(),
         "phase_peak_rss_mb": memory.peak, "rss_before_mb": memory.start, "images": photos, "seconds": seconds,
         # CPU seconds of all threads: on a machine shared with other work, photos per CPU second is steadier
-        "cpu_s": cpu_s, "images_per_cpu_s": photos / cpu_s,
-        "steps": steps, "batch_size": args.batch_size, "image_size": args.image_size, "workers": workers,
-        "augment": augment.enabled, "prepared": bool(args.prepared), "device_preprocessing": args.device_preprocessing,
-        "photos": len(files),
-        "photos_listed": len(listed), "skipped": len(skipped), "cpus": os.cpu_count(),
+        "cpu_s": cpu_s, "images_per_cpu_s": photos / cpu_s, "cache_s": cache_s, "cache": str(store.folder),
+        "steps": steps, "batch_size": t.batch_size, "image_size": t.image_size, "workers": t.workers,
+        "augment": t.augment.enabled, "embedder": cfg.model.embedder,
+        "photos": len(files), "photos_listed": len(listed), "skipped": len(store.skipped), "cpus": os.cpu_count(),
     }
-    print(f"ours: {photos} photos in {seconds:.1f} s = {result['images_per_s']:.0f} photos/s, "
-          f"peak RSS {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    if not args.memory_only:
+        result["preprocess_images_per_s"] = bench_preprocess(source, t.augment.fill)
+    print(f"ours: cache {cache_s:.1f} s for {len(store.photos)} photos (once); batches: {photos} photos in "
+          f"{seconds:.1f} s = {result['images_per_s']:.0f} photos/s, peak RSS {result['peak_rss_mb']:.0f} MB"
+          + (f"; in-graph preprocessing here: {result['preprocess_images_per_s']:.0f} photos/s"
+             if "preprocess_images_per_s" in result else ""), file=sys.stderr)
     if args.reference:
-        result["reference"] = bench_reference(files, args, augment, steps)
+        result["reference"] = bench_reference(files, args, t.augment, steps)
         result["speedup"] = result["images_per_s"] / result["reference"]["images_per_s"]
         result["speedup_first_epoch"] = result["images_per_s"] / result["reference"]["first_epoch_images_per_s"]
         print(f"ours / reference: {result['speedup']:.1f}x per batch, "
               f"{result['speedup_first_epoch']:.1f}x counting its load phase", file=sys.stderr)
     if args.memory_check:
-        result["memory_check"] = memory_check(args, -(-len(files) // args.batch_size))
+        result["memory_check"] = memory_check(args, -(-len(files) // t.batch_size))
     return result
+
+
+def bench_preprocess(source, fill: str, batches: int = 4) -> float:
+    """Photos a second of the training model's in-graph augmentation and Lab conversion on this machine's
+    default device (on a CPU-only machine the same cores also feed the batches)."""
+    import keras
+
+    from koalarization.preprocess import Preprocess
+
+    layer = Preprocess(fill)
+    samples = [source.batch(i % len(source), 0)[0] for i in range(batches)]
+    step = keras.ops  # noqa: F841 - the layer runs eagerly through keras.ops on every backend
+    layer(samples[0]["rgb"], samples[0]["affine"])  # warm-up
+    start, photos = time.perf_counter(), 0
+    for batch in samples:
+        lightness, _ = layer(batch["rgb"], batch["affine"])
+        keras.ops.convert_to_numpy(lightness)
+        photos += len(batch["rgb"])
+    return photos / (time.perf_counter() - start)
 
 
 def bench_reference(files, args, augment, steps: int) -> dict:
@@ -183,12 +212,12 @@ def memory_check(args, epoch_steps: int, repeats: int = 3) -> dict:
 
 
 def _child_run(args, steps: int, repeat: int) -> dict:
-    command = [sys.executable, "-m", "koalarization", "benchmark", "pipeline", "--data", str(args.data),
-               "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
-               "--steps", str(steps), "--repeat-list", str(repeat), "--seed", str(args.seed)]
+    command = [sys.executable, "-m", "koalarization", "benchmark", "pipeline", "--data", *map(str, args.data),
+               "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--embedder",
+               args.embedder, "--steps", str(steps), "--repeat-list", str(repeat), "--seed", str(args.seed),
+               "--memory-only"]
     command += (["--workers", str(args.workers)] if args.workers is not None else [])
-    command += (["--prepared", args.prepared] if args.prepared else []) + (["--no-augment"] if args.no_augment else [])
-    command += ["--device-preprocessing"] if args.device_preprocessing else []
+    command += (["--cache", args.cache] if args.cache else []) + (["--no-augment"] if args.no_augment else [])
     run = subprocess.run(command, capture_output=True, text=True, check=False)
     if run.returncode:
         from koalarization.errors import KoalarizationError
@@ -201,37 +230,37 @@ def _child_run(args, steps: int, repeat: int) -> dict:
 # ----------------------------------------------------------------------------------------------------- CLI
 def add_parsers(sub) -> None:
     """`benchmark pipeline` and `benchmark train` (called by cli.build_parser)."""
-    from koalarization.config import PRECISIONS, ModelConfig, TrainConfig
+    from koalarization.config import PRECISIONS, TrainConfig
 
-    m, t = ModelConfig(), TrainConfig()
+    t = TrainConfig()
     bench = sub.add_parser("benchmark", help="measure the input pipeline or the training step",
                            description="Print photos/s (and more) as one JSON object on the last line.")
     kinds = bench.add_subparsers(dest="benchmark", required=True)
-    p = kinds.add_parser("pipeline", help="batches as `train` makes them: decode, augment, Lab, scaling")
-    p.add_argument("--data", required=True, help="folder of photos")
+    p = kinds.add_parser("pipeline", help="batches as `train` makes them: cache, batches, in-graph preprocessing")
+    p.add_argument("--data", required=True, nargs="+", metavar="DIR", help="folders of photos")
     p.add_argument("--batch-size", type=int, default=t.batch_size, help=f"(default: {t.batch_size})")
-    p.add_argument("--image-size", type=int, default=m.image_size, help=f"(default: {m.image_size})")
+    p.add_argument("--image-size", type=int, default=t.image_size, help=f"(default: {t.image_size})")
+    p.add_argument("--embedder", default=BENCH_EMBEDDER, help=f"whose embeddings the cache holds (default: {BENCH_EMBEDDER})")
+    p.add_argument("--cache", default=None, metavar="DIR", help="cache folder (default: automatic, as train's)")
     p.add_argument("--steps", type=int, default=None, help="batches to make (default: one epoch of the photos)")
-    p.add_argument("--workers", type=int, default=None, help=f"decoding threads (default: {t.workers})")
-    p.add_argument("--prepared", default=None, metavar="DIR", help="read photos from a `prepare` folder")
+    p.add_argument("--workers", type=int, default=None, help=f"reading threads (default: {t.workers})")
     p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
-    p.add_argument("--device-preprocessing", action="store_true", help="uint8 batches, as train's option")
     p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--reference", action="store_true", help="also time the reference-style pipeline, same photos")
     p.add_argument("--repeat-list", type=int, default=1, metavar="K", help="list every photo K times")
     p.add_argument("--memory-check", type=int, default=None, metavar="K",
                    help="compare peak memory of fresh runs with the photo list 1x and Kx as long")
-    p = kinds.add_parser("train", help="training steps on synthetic batches in memory")
-    p.add_argument("--batch-size", type=int, default=t.batch_size, help=f"(default: {t.batch_size})")
-    p.add_argument("--image-size", type=int, default=m.image_size, help=f"(default: {m.image_size})")
+    p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the memory check's runs
+    p = kinds.add_parser("train", help="training steps of the model `train` builds, on synthetic batches")
+    p.add_argument("--config", metavar="FILE", help="a run's config.json (default: the defaults, as train's)")
+    p.add_argument("--batch-size", type=int, default=None, help=f"(default: the config's, {t.batch_size})")
+    p.add_argument("--image-size", type=int, default=None, help=f"(default: the config's, {t.image_size})")
+    p.add_argument("--embedder", default=None, help="whose embedding size to use (default: the config's)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (default: 5; the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
-    p.add_argument("--precision", default=t.precision, choices=PRECISIONS, help=f"(default: {t.precision})")
-    p.add_argument("--embedder", default=m.embedder, help=f"(default: {m.embedder}; random weights)")
-    p.add_argument("--colorizer-only", action="store_true", help="the trainable part alone, on (L, embedding)")
-    p.add_argument("--jit-compile", action="store_true", help="compile the step with XLA")
-    p.add_argument("--device-preprocessing", action="store_true", help="uint8 in; warp, Lab in the graph")
-
+    p.add_argument("--precision", default=None, choices=PRECISIONS, help="(default: the config's, float32)")
+    p.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the step with XLA (default: the config's)")
 
 
 def _run(args) -> int:

@@ -30,21 +30,21 @@ class CurvesPlot(keras.callbacks.Callback):
 
 
 class ValidationImages(keras.callbacks.Callback):
-    """Logs `count` validation photos each epoch to TensorBoard as bw | predicted | actual strips.
+    """Logs `count` validation photos each epoch to TensorBoard as bw | predicted | actual strips, predicted
+    by `colorizer` (model.build_colorizer's) from fixed photos, so epochs are comparable:
+    L (B, S, S, 1), embedding (B, D), ab (B, S, S, 2)."""
 
-    batch: (L (B, S, S, 1), ab (B, S, S, 2)) fixed validation photos, so epochs are comparable.
-    """
-
-    def __init__(self, log_dir: str | Path, lightness: np.ndarray, ab: np.ndarray, count: int = 4):
+    def __init__(self, log_dir: str | Path, colorizer: keras.Model, lightness: np.ndarray, embedding: np.ndarray,
+                 ab: np.ndarray, count: int = 4):
         super().__init__()
-        import tensorflow as tf  # TensorBoard summaries need TensorFlow whatever the Keras backend
+        import tensorflow as tf  # TensorBoard summaries need TensorFlow
 
-        self._tf = tf
-        self.lightness, self.ab = lightness[:count], ab[:count]
+        self._tf, self.colorizer = tf, colorizer
+        self.lightness, self.embedding, self.ab = lightness[:count], embedding[:count], ab[:count]
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "images"))
 
     def on_epoch_end(self, epoch, logs=None):
-        predicted_ab = np.asarray(self.model.predict(self.lightness, verbose=0))
+        predicted_ab = np.asarray(self.colorizer.predict_on_batch([self.lightness, self.embedding]))
         strips = np.concatenate(
             [
                 color.gray_rgb_from_l(self.lightness),

@@ -88,7 +88,7 @@ class ColorizerCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 # ModelConfig fields that change no weight: a config may set them otherwise than the run that trained.
-WEIGHTLESS_FIELDS = ("ab_gain", "embedding_dropout")
+WEIGHTLESS_FIELDS = ("ab_gain", "embedding_dropout", "border_context")
 
 
 def _weighted(model_cfg: ModelConfig) -> ModelConfig:
@@ -123,17 +123,18 @@ def _read_weights_file(weights: Path) -> tuple[list[tuple], ModelConfig | None]:
     if raw is not None:
         raw = raw.decode() if isinstance(raw, bytes) else str(raw)
         try:
-            stamp = ModelConfig(**json.loads(raw))
+            fields = json.loads(raw)
+            fields.pop("image_size", None)  # older versions stamped the working size too; weights fit any size
+            stamp = ModelConfig(**fields)
         except (ValueError, TypeError, KoalarizationError):  # another version's fields: shapes still checked
             log.warning("%s: unreadable network description %r; checking the weight shapes only", weights, raw[:80])
     return sorted(shapes), stamp
 
 
 def _describe_mismatch(weights: Path, config_file: Path, trained: ModelConfig, configured: ModelConfig) -> str:
-    if (trained.image_size, trained.embedder) != (configured.image_size, configured.embedder):
-        return (f"--weights {weights}: trained at {trained.image_size} px with embedder {trained.embedder}, but "
-                f"{config_file} says {configured.image_size} px with embedder {configured.embedder}; "
-                f"use the config.json written beside these weights by their run")
+    if trained.embedder != configured.embedder:
+        return (f"--weights {weights}: trained with embedder {trained.embedder}, but {config_file} says "
+                f"{configured.embedder}; use the config.json written beside these weights by their run")
     fields = [f.name for f in dataclasses.fields(ModelConfig)
               if getattr(trained, f.name) != getattr(configured, f.name)]
     return (f"--weights {weights}: trained with another network than {config_file} describes "
@@ -141,7 +142,7 @@ def _describe_mismatch(weights: Path, config_file: Path, trained: ModelConfig, c
 
 
 def load_trained(weights: str | Path, embedder_weights: str | None = None) -> tuple[keras.Model, RunConfig]:
-    """The full model (L -> ab) with trained weights, and the RunConfig it was trained with.
+    """The inference model (model.build_model) with trained weights, and the RunConfig it was trained with.
     Every problem with the file (missing, truncated, another network, size or embedder) is one
     KoalarizationError naming the file."""
     from koalarization.embedding import build_embedder

@@ -4,50 +4,64 @@ one function of the package. Errors meant for people print as one line and exit 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
+import typing
 
-from koalarization import benchmark, prepare, serving_cli
-from koalarization.config import OPTIMIZERS
+from koalarization import benchmark, serving_cli
 from koalarization.errors import KoalarizationError
 
-# Defaults are read from the frozen config, never repeated here.
-DEFAULT = None
+def _config_flags(parser, cls, section: str, only=None) -> None:
+    """One flag per field of the config dataclass `cls` (nested ones included), named after the field, with
+    its help text; default None, so unset flags keep the value of --config or of the config's defaults.
+    only: the field names to make flags of (default: all)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            if only is None:
+                _config_flags(parser, hints[f.name], f"{section}.{f.name}")
+            continue
+        if f.metadata.get("flag") is False or (only is not None and f.name not in only):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "enabled":  # AugmentConfig.enabled is --augment / --no-augment
+            flag = "--" + section.rsplit(".", 1)[-1]
+        shown = "" if default in ((), None) else f" (default: {default})"
+        kwargs = {"dest": f"{section}.{f.name}", "default": None, "help": f"{f.metadata['help']}{shown}"}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kind = next((t for t in (int, float, str) if t in typing.get_args(hints[f.name]) or t is hints[f.name]), str)
+            kwargs.update(type=kind, nargs=f.metadata.get("nargs"), choices=f.metadata.get("choices"),
+                          metavar=f.metadata.get("metavar", None if "choices" in f.metadata else f.name.upper()))
+        parser.add_argument(flag, **kwargs)
 
 
 def _add_train(sub) -> None:
-    from koalarization.config import AugmentConfig, ModelConfig, TrainConfig
+    from koalarization.config import ModelConfig, TrainConfig
 
-    t, m, a = TrainConfig(), ModelConfig(), AugmentConfig()
-    p = sub.add_parser("train", help="train on a folder of photos", description="Train Deep Koalarization.")
-    p.add_argument("--data", required=True, help="folder of photos (searched recursively)")
-    p.add_argument("--output", default=DEFAULT, help=f"run folder (default: {t.output})")
-    p.add_argument("--epochs", type=int, default=DEFAULT, help=f"maximum epochs (default: {t.epochs})")
-    p.add_argument("--batch-size", type=int, default=DEFAULT, help=f"photos per step (default: {t.batch_size})")
-    p.add_argument("--image-size", type=int, default=DEFAULT, help=f"training size, multiple of 8 (default: {m.image_size})")
-    p.add_argument("--embedder", default=DEFAULT, help=f"global feature extractor (default: {m.embedder})")
-    p.add_argument("--embedder-weights", default=DEFAULT, metavar="PATH", help="local weights file of the embedder")
-    p.add_argument("--learning-rate", type=float, default=DEFAULT, help=f"learning rate (default: {t.learning_rate})")
-    p.add_argument("--optimizer", default=DEFAULT, choices=OPTIMIZERS, help=f"optimizer (default: {t.optimizer})")
-    p.add_argument("--gpus", type=int, default=DEFAULT,
-                   help="train on N GPUs with MirroredStrategy (--batch-size is global); several machines: "
-                        "set TF_CONFIG (docs/distributed.md)")
-    p.add_argument("--seed", type=int, default=DEFAULT, help=f"split, shuffle and augmentation seed (default: {t.seed})")
-    p.add_argument("--workers", type=int, default=DEFAULT, help=f"decoding threads (default: {t.workers})")
-    p.add_argument("--backup-every-steps", type=int, default=DEFAULT, metavar="N",
-                   help="also back up every N steps, not only every epoch (a killed run loses at most N steps)")
-    p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
-    p.add_argument("--shear", type=float, default=DEFAULT, help=f"shear angle, degrees (default: {a.shear})")
-    p.add_argument("--zoom", type=float, default=DEFAULT, help=f"zoom range (default: {a.zoom})")
-    p.add_argument("--rotation", type=float, default=DEFAULT, help=f"rotation, degrees (default: {a.rotation})")
-    p.add_argument("--no-flip", action="store_true", help="no horizontal flips")
-    p.add_argument("--prepared", default=DEFAULT, metavar="DIR", help="read photos from a `prepare` folder (same batches)")
-    p.add_argument("--precision", default=DEFAULT, help=f"float32, mixed_float16 or mixed_bfloat16 (default: {t.precision})")
-    p.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
-    p.add_argument("--device-preprocessing", action="store_true",
-                   help="uint8 batches; augmentation, Lab and scaling in the model's graph")
+    p = sub.add_parser("train", help="train on folders of photos",
+                       description="Train Deep Koalarization. Every setting of the run has a flag; --config "
+                                   "reruns a saved config.json (flags given beside it override it).")
+    p.add_argument("--config", metavar="FILE", help="a run's config.json to start from (e.g. the shipped "
+                                                     "weights' koalarization/weights/config.json)")
+    _config_flags(p.add_argument_group("data and training"), TrainConfig, "train")
+    _config_flags(p.add_argument_group("network"), ModelConfig, "model")
+
+
+def _add_prepare(sub) -> None:
+    from koalarization.config import ModelConfig, TrainConfig
+
+    p = sub.add_parser("prepare", help="decode the photos and compute their embeddings once, ahead of train",
+                       description="Build the cache that train reads (train builds it itself when it is "
+                                   "missing): every photo at the working size, with its embedding.")
+    _config_flags(p, TrainConfig, "train", only={"data", "data_list", "exclude_list", "image_size", "cache",
+                                                 "workers", "embedder_weights"})
+    _config_flags(p, ModelConfig, "model", only={"embedder"})
 
 
 def _add_test(sub) -> None:
@@ -81,28 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_test(sub)
     _add_check_embedder(sub)
+    _add_prepare(sub)
     benchmark.add_parsers(sub)
-    prepare.add_parser(sub)
     serving_cli.add_parsers(sub)
     return parser
 
 
 def run_config_from_args(args):
-    from koalarization.config import AugmentConfig, ModelConfig, RunConfig, TrainConfig, replace
+    """The RunConfig of `train`'s flags: --config (or the defaults), with every given flag on top."""
+    from koalarization.config import RunConfig
 
-    augment = replace(
-        AugmentConfig(), enabled=False if args.no_augment else None, shear=args.shear, zoom=args.zoom,
-        rotation=args.rotation, flip=False if args.no_flip else None,
-    )
-    model = replace(ModelConfig(), image_size=args.image_size, embedder=args.embedder)
-    train = replace(
-        TrainConfig(), data=args.data, output=args.output, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, optimizer=args.optimizer, gpus=args.gpus, seed=args.seed, workers=args.workers,
-        embedder_weights=args.embedder_weights, backup_every_steps=args.backup_every_steps, augment=augment,
-        prepared=args.prepared, precision=args.precision, jit_compile=True if args.jit_compile else None,
-        device_preprocessing=True if args.device_preprocessing else None,
-    )
-    return RunConfig(model=model, train=train)
+    cfg = RunConfig.load(args.config) if getattr(args, "config", None) else RunConfig()
+    given = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    for section in ("model", "train", "train.augment"):
+        changes = {k.rsplit(".", 1)[1]: v for k, v in given.items() if k.rsplit(".", 1)[0] == section}
+        if not changes:
+            continue
+        if section == "train.augment":
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+                cfg.train, augment=dataclasses.replace(cfg.train.augment, **changes)))
+        else:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+    return cfg
 
 
 def _train(args) -> int:
@@ -112,9 +126,21 @@ def _train(args) -> int:
     cfg = run_config_from_args(args)
     get_spec(cfg.model.embedder)  # an unknown name fails before anything is built
     result = train(cfg)
-    print(f"trained {result.epochs_run} epoch(s); best weights: {result.output / 'colorize.weights.h5'}"
-          + (f"; skipped {result.skipped_files} file(s)" if result.skipped_files else "")
-          + (f"; {result.failed_files} failed to decode" if result.failed_files else ""))
+    ended = "early stopping ended the run" if result.stopped_early else "ran the epochs asked for"
+    best = (f"; best epoch {result.best_epoch} (val_loss {result.best_val_loss:.5f})"
+            if result.best_epoch is not None else "")
+    print(f"trained {result.epochs_run} epoch(s): {ended}{best}; best weights: "
+          f"{result.output / 'colorize.weights.h5'}"
+          + (f"; skipped {result.skipped_files} file(s) (gray or unreadable)" if result.skipped_files else ""))
+    return 0
+
+
+def _prepare(args) -> int:
+    from koalarization.train import photo_cache
+
+    store = photo_cache(run_config_from_args(args))
+    print(f"cached {len(store.rows)} photos ({len(store.skipped)} skipped: gray or unreadable) at "
+          f"{store.image_size} px in {store.folder}; train with the same flags uses it")
     return 0
 
 
@@ -142,8 +168,8 @@ COMMANDS = {
     "train": _train,
     "test": _test,
     "check-embedder": _check_embedder,
+    "prepare": _prepare,
     **benchmark.COMMANDS,
-    **prepare.COMMANDS,
     **serving_cli.COMMANDS,
 }
 

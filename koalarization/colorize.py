@@ -14,7 +14,6 @@ fit, so the output's L equals the input's L to within rounding.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import glob
 import logging
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from koalarization import color, images
+from koalarization.cache import photo_inputs
 from koalarization.checkpoint import load_trained
 from koalarization.errors import KoalarizationError
 
@@ -134,25 +134,30 @@ def _check_saturation(saturation: float) -> float:
 class Colorizer:
     """A trained model loaded once. Thread-safe: the network call is serialised, the pixel work is not.
 
-    size: the network's working size S (a multiple of 8; default the training size). The convolutions and
-    the fusion do not depend on S, so the trained weights are reused in a network rebuilt at that size.
+    size: the network's working size S (a multiple of 8; default the training size). Every layer works at
+    any size, so the trained weights serve every S.
     """
 
     def __init__(self, weights: str | Path, size: int | None = None, embedder_weights: str | None = None):
+        from koalarization.embedding import get_spec
+
         model, cfg = load_trained(weights, embedder_weights)
         self.weights, self.config = Path(weights), cfg
-        self.size = int(size or cfg.model.image_size)
-        if self.size != cfg.model.image_size:
-            model = _rebuilt_at(model, cfg, self.size)
+        self.size = cfg.model.check_size(int(size or cfg.train.image_size), "--size")
+        if cfg.model.border_context >= self.size:  # a mirror image is at most the photo itself
+            raise KoalarizationError(f"--size {self.size}: must be above the weights' border_context "
+                                     f"({cfg.model.border_context})")
+        self.resolution = get_spec(cfg.model.embedder).resolution
         self._model = model
         self._lock = threading.Lock()  # Keras' predict state is not safe to share between threads
 
     def predict_ab(self, rgbs: list[np.ndarray]) -> np.ndarray:
-        """uint8 RGB photos of any sizes -> ab (B, S, S, 2) in [-1, 1], from each photo's L at S x S."""
-        small = np.stack([images.resize_rgb(rgb, self.size) for rgb in rgbs])
-        lightness, _ = color.rgb_uint8_to_network(small)  # (B, S, S, 1) in [-1, 1]; the ab is not used
+        """uint8 RGB photos of any sizes -> ab (B, S, S, 2) in [-1, 1], from each photo squashed to S x S,
+        and the embedder's view of it at its own resolution."""
+        small, for_embedder, _ = zip(*(photo_inputs(rgb, self.size, self.resolution) for rgb in rgbs))
+        inputs = {"L": color.lightness_uint8(np.stack(small)), "L_embedder": np.stack(for_embedder)}
         with self._lock:
-            return np.asarray(self._model.predict_on_batch(lightness), np.float32)
+            return np.asarray(self._model.predict_on_batch(inputs), np.float32)
 
     def colorize_many(self, rgbs: list[np.ndarray], saturation: float = 1.0) -> list[np.ndarray]:
         """uint8 RGB (H_i, W_i, 3) each -> uint8 RGB of the same sizes; one network call for the batch."""
@@ -167,19 +172,6 @@ class Colorizer:
     def colorize(self, rgb: np.ndarray, saturation: float = 1.0) -> np.ndarray:
         """uint8 RGB (H, W, 3) -> uint8 RGB (H, W, 3) with the photo's own L; saturation 0 gives gray."""
         return self.colorize_many([rgb], saturation)[0]
-
-
-def _rebuilt_at(model, cfg, size: int):
-    from koalarization.model import build_model, colorizer_of
-
-    try:
-        model_cfg = dataclasses.replace(cfg.model, image_size=size)
-    except KoalarizationError:
-        raise KoalarizationError(f"--size {size}: must be a positive multiple of {cfg.model.downsampling}") from None
-    embedder = next(layer for layer in model.layers if layer.name.startswith("embedder_"))
-    resized = build_model(model_cfg, embedder)
-    colorizer_of(resized).set_weights(colorizer_of(model).get_weights())
-    return resized
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:

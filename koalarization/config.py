@@ -1,7 +1,9 @@
-"""Frozen configuration: one owner for every default. CLI flags map 1:1 onto these fields.
+"""Frozen configuration: one owner for every default and its help text.
 
-A run stores `RunConfig.to_json()` as `config.json` beside its weights, so `test`, `colorize` and a resumed
-`train` rebuild exactly the network that was trained.
+The CLI generates `train`'s flags from these dataclasses (a field `learning_rate` is `--learning-rate`, its
+help is the field's `metadata["help"]`), so every field is reachable from the command line, and a run's
+`config.json` (`RunConfig.to_json()`, saved beside its weights) reruns it with `train --config`.
+Library errors name the fields (`learning_rate`); the CLI shows them as flags.
 """
 
 from __future__ import annotations
@@ -17,32 +19,41 @@ from koalarization.errors import KoalarizationError
 UP = "up"  # decoder token: UpSampling2D x2
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # TrainConfig.precision: Keras dtype policies
 OPTIMIZERS = ("rmsprop", "adam")  # TrainConfig.optimizer: keras.optimizers by name
+FILLS = ("nearest", "reflect")  # AugmentConfig.fill
 
-# REFERENCE.md, "The network": encoder 64 s2 . 128 . 128 s2 . 256 . 256 s2 . 512 . 512 . 256
+# docs/reference.md, "The network": encoder 64 s2 . 128 . 128 s2 . 256 . 256 s2 . 512 . 512 . 256
 REFERENCE_ENCODER = ((64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 1), (256, 1))
 # Keras reproduction's decoder: 128 . up . 64 . up . 32 . 16 . Conv 2 tanh . up (the last two are fixed).
 REFERENCE_DECODER = (128, UP, 64, UP, 32, 16)
 
 
+def option(default, help: str, **kwargs):  # noqa: A002 - the argparse word
+    """A dataclass field with its help text (the CLI's flag help)."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable default")
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The architecture. Shapes: L (B, S, S, 1) in [-1, 1] -> ab (B, S, S, 2) in [-1, 1], S = image_size."""
+    """The network. Its inputs have any size that is a multiple of `downsampling`:
+    L (B, H, W, 1) in [-1, 1] and the embedding (B, D) -> ab (B, H, W, 2) in [-1, 1]."""
 
-    image_size: int = 256
-    encoder: tuple = REFERENCE_ENCODER  # (filters, stride) per 3x3 ReLU conv
-    fusion_filters: int = 256  # 1x1 conv after concatenating the embedding
-    decoder: tuple = REFERENCE_DECODER  # filters of 3x3 ReLU convs, or UP
-    embedder: str = "inception_resnet_v2"
-    # BatchNormalization after every hidden conv (Zhang et al.'s colorizer has it; the reference does not).
-    # Off in the shipped weights: on 830 photos at 64 px it did no better (docs/model_card.md, run A).
-    batch_norm: bool = False
-    # Dropout on the global embedding while training. With one photo per class (imagenet-sample) the
-    # near-one-hot embedding lets the network memorise each photo's colours instead of learning local cues.
-    embedding_dropout: float = 0.0
-    # A fixed gain on how the predicted ab varies within each photo (model.ABGain; the photo's mean ab is
-    # kept), set after training, not trained: MSE shrinks uncertain colours toward the mean, and a gain
-    # chosen on held-out photos trades PSNR for colourfulness (docs/model_card.md). It has no weights.
-    ab_gain: float = 1.0
+    encoder: tuple = option(REFERENCE_ENCODER, "(filters, stride) of each 3x3 ReLU encoder conv", flag=False)
+    fusion_filters: int = option(256, "filters of the 1x1 conv after the fusion")
+    decoder: tuple = option(REFERENCE_DECODER, "filters of the 3x3 decoder convs, or 'up'", flag=False)
+    embedder: str = option("inception_resnet_v2", "global feature extractor (embedding.EMBEDDERS)")
+    # Zhang et al.'s colorizer has BatchNorm after every conv; the reference does not.
+    batch_norm: bool = option(False, "BatchNormalization after every hidden conv")
+    # With one photo per class the near-one-hot class vector lets the network memorise each photo's colours.
+    embedding_dropout: float = option(0.0, "dropout on the global embedding while training")
+    # Weightless, set after training (docs/model_card.md): MSE shrinks uncertain colours toward the mean, and a
+    # gain chosen on held-out photos trades PSNR for colourfulness. model.ABGain.
+    ab_gain: float = option(1.0, "gain on how the predicted ab varies within each photo (1 = as trained)")
+    # Weightless: the convolutions pad with zeros, so the outer cells of the encoder grid see a gray frame
+    # that the inside never sees, and predict different colours (a visible colour frame). Predicting on the
+    # photo extended by its own mirror image and cropping moves that border outside the photo.
+    border_context: int = option(0, "pixels of mirrored photo added on each side at inference, then cropped")
 
     def __post_init__(self):
         # JSON gives lists; keep the dataclass hashable and comparable.
@@ -52,16 +63,13 @@ class ModelConfig:
             raise KoalarizationError(f"ab_gain {self.ab_gain}: must be above 0 and at most 4 (1 = as trained)")
         if not 0.0 <= self.embedding_dropout < 1.0:
             raise KoalarizationError(f"embedding_dropout {self.embedding_dropout}: must be in [0, 1)")
-        factor = self.downsampling
-        if self.image_size <= 0 or self.image_size % factor:
-            raise KoalarizationError(
-                f"--image-size {self.image_size} must be a positive multiple of {factor} "
-                f"(the encoder downsamples by {factor})"
-            )
-        if factor != 2 * 2 ** self.decoder.count(UP):
+        if self.border_context < 0 or self.border_context % self.downsampling:
+            raise KoalarizationError(f"border_context {self.border_context}: must be a multiple of "
+                                     f"{self.downsampling} (the encoder's downsampling), 0 or more")
+        if self.downsampling != 2 * 2 ** self.decoder.count(UP):
             raise KoalarizationError(
                 f"decoder upsamples by {2 * 2 ** self.decoder.count(UP)} but the encoder downsamples "
-                f"by {factor}: the output would not match the input size"
+                f"by {self.downsampling}: the output would not match the input size"
             )
 
     @property
@@ -71,58 +79,87 @@ class ModelConfig:
             factor *= stride
         return factor
 
+    def check_size(self, size: int, name: str = "image_size") -> int:
+        """`size` if the network can work at it (a positive multiple of the downsampling), else an error."""
+        if size <= 0 or size % self.downsampling:
+            raise KoalarizationError(f"{name} {size}: must be a positive multiple of {self.downsampling} "
+                                     f"(the encoder downsamples by {self.downsampling})")
+        return size
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Random affine augmentation (REFERENCE.md, Keras reproduction: ImageDataGenerator semantics).
+    """Random affine augmentation (docs/reference.md, Keras reproduction: ImageDataGenerator semantics).
 
     shear is an angle in degrees, as in Keras' ImageDataGenerator (so the reference's 0.2 is 0.2 degrees);
     zoom z draws independent x/y scales in [1 - z, 1 + z]; rotation is in degrees.
     """
 
-    enabled: bool = True
-    shear: float = 0.2
-    zoom: float = 0.2
-    rotation: float = 20.0
-    flip: bool = True
+    enabled: bool = option(True, "augment the training photos")
+    shear: float = option(0.2, "shear angle range, degrees")
+    zoom: float = option(0.2, "zoom range: x and y scales in [1 - zoom, 1 + zoom]")
+    rotation: float = option(20.0, "rotation range, degrees")
+    flip: bool = option(True, "random horizontal flips")
+    # The reference repeats the nearest edge pixel: streaks along the borders of rotated photos.
+    fill: str = option("nearest", "what fills pixels from outside the photo: nearest (edge) or reflect",
+                       choices=FILLS)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train. Defaults: the reference Keras recipe (REFERENCE.md, "Training recipes")."""
+    """How to train. Defaults: the reference Keras recipe (docs/reference.md, "Training recipes")."""
 
-    data: str = "data"
-    output: str = "model_output"
-    epochs: int = 100  # EarlyStopping usually ends the run first
-    batch_size: int = 32  # the reference used 100 over 4 GPUs; 32 fits a laptop
-    learning_rate: float = 1e-3
-    optimizer: str = "rmsprop"  # OPTIMIZERS: the Keras reproduction's RMSprop, or the original code's Adam
-    seed: int = 0
-    val_fraction: float = 0.1275
-    test_fraction: float = 0.15
-    workers: int = 4  # threads decoding and augmenting photos
-    gpus: int = 0  # >1: tf.distribute.MirroredStrategy over that many GPUs (TF_CONFIG: several machines)
-    embedder_weights: str | None = None  # local weights file for the embedder, instead of downloading
-    early_stopping_patience: int = 15
-    early_stopping_min_delta: float = 1e-5
-    reduce_lr_factor: float = 0.1
-    reduce_lr_patience: int = 5
-    min_learning_rate: float = 1e-8
-    backup_every_steps: int | None = None  # backup.py: also every N optimizer steps; None: every epoch only
-    # Speed (docs/performance.md). prepared: a `prepare` folder, read instead of decoding the photos (same
-    # batches); device_preprocessing: uint8 batches, augmentation warp, Lab and scaling in the model's graph
-    # (device_preprocessing.py); precision: a Keras dtype policy, PRECISIONS; jit_compile: XLA train step.
-    prepared: str | None = None
-    device_preprocessing: bool = False
-    precision: str = "float32"
-    jit_compile: bool = False
+    data: tuple = option((), "folders of photos (searched recursively)", nargs="+", metavar="DIR")
+    data_list: tuple = option((), "files listing photos or folders, one per line", nargs="+", metavar="FILE")
+    exclude_list: tuple = option((), "files listing photos to leave out (path suffixes), one per line",
+                                 nargs="+", metavar="FILE")
+    output: str = option("model_output", "run folder: weights, config.json, split.json, logs")
+    image_size: int = option(256, "working size S: photos are squashed to S x S (a multiple of 8)")
+    epochs: int = option(100, "maximum epochs (EarlyStopping usually ends the run first)")
+    batch_size: int = option(32, "photos per step (global over all GPUs); the reference used 100 over 4 GPUs")
+    learning_rate: float = option(1e-3, "learning rate")
+    optimizer: str = option("rmsprop", "optimizer", choices=OPTIMIZERS)
+    seed: int = option(0, "split, shuffle and augmentation seed")
+    val_fraction: float = option(0.1275, "share of the photos kept for validation")
+    test_fraction: float = option(0.15, "share of the photos kept for `test`")
+    workers: int = option(4, "threads reading photos")
+    gpus: int = option(0, ">1: train on that many GPUs (TF_CONFIG: several machines; docs/distributed.md)")
+    embedder_weights: str | None = option(None, "local weights file of the embedder", metavar="PATH")
+    early_stopping_patience: int = option(15, "epochs without improvement before stopping")
+    early_stopping_min_delta: float = option(1e-5, "smallest val_loss change that counts as improvement")
+    reduce_lr_factor: float = option(0.1, "learning rate factor on a plateau")
+    reduce_lr_patience: int = option(5, "epochs without improvement before reducing the learning rate")
+    min_learning_rate: float = option(1e-8, "floor of the learning rate")
+    backup_every_steps: int | None = option(None, "also back up every N steps, not only every epoch",
+                                            metavar="N")
+    cache: str | None = option(None, "cache folder of decoded photos and embeddings (default: automatic, "
+                                     "under ~/.cache/koalarization)", metavar="DIR")
+    precision: str = option("float32", "Keras dtype policy", choices=PRECISIONS)
+    jit_compile: bool = option(False, "compile the train step with XLA")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        for name in ("data", "data_list", "exclude_list"):  # a single path (older configs) -> a tuple
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value or ()))
+        if self.optimizer not in OPTIMIZERS:
+            raise KoalarizationError(f"optimizer {self.optimizer}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise KoalarizationError(f"precision {self.precision}: choose one of {', '.join(PRECISIONS)}")
+        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise KoalarizationError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction}: "
+                                     "each must be in (0, 1), and their sum below 1")
+        if self.augment.fill not in FILLS:
+            raise KoalarizationError(f"fill {self.augment.fill}: choose one of {', '.join(FILLS)}")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        self.model.check_size(self.train.image_size)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -131,9 +168,14 @@ class RunConfig:
     def from_dict(cls, raw: dict) -> "RunConfig":
         """Unknown model fields are an error (the network would differ); unknown training fields, from
         another version of koalarization, are dropped with a warning so old and new runs still load."""
-        train = _known_fields(TrainConfig, dict(raw.get("train", {})))
+        model, train = dict(raw.get("model", {})), dict(raw.get("train", {}))
+        if "image_size" in model:  # older versions kept the working size with the network
+            train.setdefault("image_size", model.pop("image_size"))
+        for switch in ("device_preprocessing", "prepared"):  # older versions' pipeline options: one pipeline now
+            train.pop(switch, None)
+        train = _known_fields(TrainConfig, train)
         augment = AugmentConfig(**_known_fields(AugmentConfig, dict(train.pop("augment", {}))))
-        return cls(model=ModelConfig(**raw.get("model", {})), train=TrainConfig(**train, augment=augment))
+        return cls(model=ModelConfig(**model), train=TrainConfig(**train, augment=augment))
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
@@ -142,6 +184,8 @@ class RunConfig:
             return cls.from_dict(json.loads(path.read_text()))
         except FileNotFoundError:
             raise KoalarizationError(f"{path}: config file not found") from None
+        except KoalarizationError as err:
+            raise KoalarizationError(f"{path}: {err}") from None
         except (json.JSONDecodeError, TypeError, ValueError) as err:
             raise KoalarizationError(f"{path}: not a koalarization config ({err})") from None
 

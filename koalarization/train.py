@@ -1,6 +1,7 @@
-"""Training: `Model.fit` on streamed batches with the reference recipe's callbacks (REFERENCE.md).
+"""Training: `Model.fit` on streamed batches with the reference recipe's callbacks (docs/reference.md).
 
-Files in the output folder:
+Before the first epoch every photo is decoded once into the cache (cache.py), with its embedding; the
+epochs read it back. Files in the output folder:
     config.json            the RunConfig used (what `test` and `colorize` rebuild)
     split.json             train/val/test files (what `test` evaluates on)
     colorize.weights.h5    best colorizer weights by val_loss (ModelCheckpoint, written atomically)
@@ -15,6 +16,7 @@ Several GPUs or machines (--gpus, TF_CONFIG): see distribute.py; only the chief 
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import logging
 import math
@@ -23,17 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 
-from koalarization import backup, checkpoint, distribute
+from koalarization import backup, cache, checkpoint, color, distribute, sources
 from koalarization.callbacks import CurvesPlot, ValidationImages
 from koalarization.config import OPTIMIZERS, PRECISIONS, RunConfig
-from koalarization.data import SPLIT_FILE, BatchSource, EpochSetter, Split, make_split, scan_photos
-from koalarization.data import rgb_to_network, write_text_atomic
-from koalarization.embedding import build_embedder
+from koalarization.data import SPLIT_FILE, BatchSource, EpochSetter, Split, make_split
 from koalarization.errors import KoalarizationError
-from koalarization.device_preprocessing import WithModel, build_device_model, inference_model
-from koalarization.model import build_model, colorizer_of
-from koalarization.prepare import open_prepared
+from koalarization.io import write_text_atomic
+from koalarization.model import colorizer_of
+from koalarization.preprocess import build_training_model
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +47,53 @@ BACKUP_DIR = "backup"
 class TrainResult:
     history: keras.callbacks.History
     output: Path
-    epochs_run: int
-    skipped_files: int  # found but not trained on (grayscale, unreadable)
-    failed_files: int  # passed the scan but failed to decode during training
+    epochs_run: int  # by this process (a resumed run counts only its own)
+    skipped_files: int  # found but not trained on (gray, unreadable)
+    best_epoch: int | None = None  # 1-based, over the whole run (log.csv), resumed parts included
+    best_val_loss: float | None = None
+    stopped_early: bool = False  # EarlyStopping ended the run before `epochs`
 
 
-def _split_for(cfg: RunConfig, output: Path) -> tuple[Split, int]:
+def photo_cache(cfg: RunConfig, progress: bool = True) -> cache.Cache:
+    """The cache of every photo of cfg.train's data sources at its image size, built (or completed) now."""
+    t = cfg.train
+    if not (t.data or t.data_list):
+        raise KoalarizationError("data: give at least one folder of photos or a data_list file")
+    files = sources.photo_paths(t.data, t.data_list, t.exclude_list)
+    if not files:
+        raise KoalarizationError(f"data {' '.join(t.data + t.data_list)}: no photos found")
+    folder = Path(t.cache) if t.cache else cache.default_folder(files, t.image_size, cfg.model.embedder,
+                                                                   t.embedder_weights)
+    log.info("caching %d photos at %d px with their %s embeddings in %s", len(files), t.image_size,
+             cfg.model.embedder, folder)
+    store = cache.build(files, folder, t.image_size, cfg.model.embedder, t.embedder_weights,
+                        workers=max(t.workers, 2), progress=progress)
+    if store.image_size != t.image_size or store.embedder != cfg.model.embedder:
+        raise KoalarizationError(f"cache {folder}: holds {store.image_size} px photos with {store.embedder} "
+                                 f"embeddings, not {t.image_size} px with {cfg.model.embedder}")
+    return store
+
+
+def _split_for(cfg: RunConfig, output: Path, store: cache.Cache) -> tuple[Split, int]:
     """Reuse the run's split (a resumed run must test on the same held-out photos), else make one."""
-    data_root = Path(cfg.train.data)
+    t = cfg.train
     split_file = output / SPLIT_FILE
+    usable = store.usable
+    skipped = [(p, r) for p, r in store.skipped.items()]
     if split_file.is_file():
         split = Split.load(split_file)
-        if split.belongs_to(data_root):
-            return split, 0
-        log.warning("%s was made for %s; making a new split for %s", split_file, split.root, data_root)
-    usable, skipped = scan_photos(data_root, workers=max(cfg.train.workers, 4))
-    for path, reason in skipped:
+        if set(split.train + split.val + split.test) <= set(usable):
+            return split, len(skipped)
+        log.warning("%s lists photos that are not among these photos; making a new split", split_file)
+    for path, reason in skipped[:5]:
         log.warning("skipping %s: %s", path, reason)
     if skipped:
-        log.warning("skipped %d of %d files (grayscale or unreadable)", len(skipped), len(usable) + len(skipped))
+        log.warning("skipped %d of %d files (gray or unreadable)%s", len(skipped), len(store.photos),
+                    f"; the first 5 are listed above, all in {split_file}" if len(skipped) > 5 else "")
     if not usable:
-        raise KoalarizationError(f"--data {data_root}: no usable colour photos found")
-    split = make_split(data_root, usable, cfg.train.val_fraction, cfg.train.test_fraction, cfg.train.seed)
-    split.save(split_file, seed=cfg.train.seed, skipped=[[str(p), r] for p, r in skipped])
+        raise KoalarizationError("data: no usable colour photos found")
+    split = make_split(usable, t.val_fraction, t.test_fraction, t.seed, sources=t.data + t.data_list)
+    split.save(split_file, seed=t.seed, skipped=[[str(p), r] for p, r in skipped])
     return split, len(skipped)
 
 
@@ -81,17 +106,22 @@ def _check_resumable(cfg: RunConfig, output: Path) -> bool:
         previous = RunConfig.load(saved)
         if previous.model != cfg.model:
             raise KoalarizationError(
-                f"--output {output} holds an interrupted run of a different network; resume it with the "
-                f"same flags, or choose another --output (or delete {output / BACKUP_DIR})"
+                f"output {output} holds an interrupted run of a different network; resume it with the "
+                f"same settings, or choose another output folder (or delete {output / BACKUP_DIR})"
+            )
+        if previous.train.image_size != cfg.train.image_size:
+            raise KoalarizationError(
+                f"output {output} holds an interrupted run at {previous.train.image_size} px, not "
+                f"{cfg.train.image_size}; resume it at its size, or choose another output folder"
             )
     return True
 
 
-def build_callbacks(cfg, output, colorizer, sources, val_batch, extra=(), start=backup.Start(), steps=1,
+def build_callbacks(cfg, output, colorizer, batch_sources, val_batch, extra=(), start=backup.Start(), steps=1,
                     chief=True):
-    """The recipe's callbacks. sources: the BatchSources to tell the epoch; val_batch: (L, ab, weight)
-    photos shown in TensorBoard; start, steps: where this `fit` starts, and batches per epoch; chief: False
-    on the other workers of a multi-worker job (no logs)."""
+    """The recipe's callbacks. batch_sources: the BatchSources to tell the epoch; val_batch: (L, embedding,
+    ab) photos shown in TensorBoard; start, steps: where this `fit` starts, and batches per epoch; chief:
+    False on the other workers of a multi-worker job (no logs)."""
     t = cfg.train
     best = checkpoint.ColorizerCheckpoint(
         colorizer,
@@ -107,7 +137,7 @@ def build_callbacks(cfg, output, colorizer, sources, val_batch, extra=(), start=
         monitor="val_loss", factor=t.reduce_lr_factor, patience=t.reduce_lr_patience, min_lr=t.min_learning_rate
     )
     callbacks = [
-        EpochSetter(*sources),
+        EpochSetter(*batch_sources),
         best,
         early_stopping,
         reduce_lr,
@@ -120,7 +150,7 @@ def build_callbacks(cfg, output, colorizer, sources, val_batch, extra=(), start=
         if keras.backend.backend() == "tensorflow":
             callbacks.append(keras.callbacks.TensorBoard(str(output / "logs"), write_graph=False))
     if keras.backend.backend() == "tensorflow":  # on every worker: its predict is a collective operation
-        callbacks.append(ValidationImages(output / "logs", val_batch[0], val_batch[1]))
+        callbacks.append(ValidationImages(output / "logs", colorizer, *val_batch))
     # After the callbacks whose state (and learning rate) it backs up; before `extra`, which may stop the run.
     callbacks.append(backup.StepBackup(
         output / BACKUP_DIR, steps, t.backup_every_steps, start, (best, early_stopping, reduce_lr), write=chief
@@ -132,7 +162,7 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
     """config.OPTIMIZERS by name, with Keras' defaults otherwise."""
     optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
     if name not in optimizers:
-        raise KoalarizationError(f"--optimizer {name}: choose one of {', '.join(OPTIMIZERS)}")
+        raise KoalarizationError(f"optimizer {name}: choose one of {', '.join(OPTIMIZERS)}")
     return optimizers[name](learning_rate)
 
 
@@ -141,7 +171,7 @@ def precision_policy(name: str):
     """Build layers under the Keras dtype policy `name` (config.PRECISIONS), then restore the global one.
     Mixed policies keep the variables in float32; Keras adds loss scaling for mixed_float16 at compile."""
     if name not in PRECISIONS:
-        raise KoalarizationError(f"--precision {name}: choose one of {', '.join(PRECISIONS)}")
+        raise KoalarizationError(f"precision {name}: choose one of {', '.join(PRECISIONS)}")
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(name)
     try:
@@ -153,25 +183,21 @@ def precision_policy(name: str):
 def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainResult:
     """Train the network of `cfg.model` with the recipe of `cfg.train`. Rerunning an interrupted call with
     the same output folder resumes it. `callbacks` are appended to the recipe's (tests use this).
-    `strategy`: a tf.distribute strategy instead of the one --gpus and TF_CONFIG choose (distribute.py)."""
+    `strategy`: a tf.distribute strategy instead of the one `gpus` and TF_CONFIG choose (distribute.py)."""
     t = cfg.train
     place = distribute.placement(t.gpus, strategy)  # first: MultiWorkerMirroredStrategy must precede TF work
     output = place.run_dir(Path(t.output))  # --output on the chief, a temporary folder on other workers
     output.mkdir(parents=True, exist_ok=True)
     resuming = _check_resumable(cfg, output)
-    split, skipped = _split_for(cfg, output)
+    store = photo_cache(cfg, progress=verbose != 0)
+    split, skipped = _split_for(cfg, output, store)
     write_text_atomic(output / checkpoint.CONFIG_FILE, cfg.to_json())
     log.info("photos: %d train, %d val, %d test", len(split.train), len(split.val), len(split.test))
 
     keras.utils.set_random_seed(t.seed)
     with place.scope(), precision_policy(t.precision):
-        embedder = build_embedder(cfg.model.embedder, t.embedder_weights)
-        # --device-preprocessing: uint8 in, warp and Lab on the device, the loss inside; the same colorizer.
-        if t.device_preprocessing and place.strategy is not None:  # distribute.feed makes (L, ab, weight)
-            raise KoalarizationError("--device-preprocessing does not work with several devices or workers yet")
-        model = (build_device_model if t.device_preprocessing else build_model)(cfg.model, embedder)
-        loss = None if t.device_preprocessing else "mse"
-        model.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate), loss=loss, jit_compile=t.jit_compile)
+        model = build_training_model(cfg.model, store.embedding_dim, t.image_size, t.augment.fill)
+        model.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate), loss=None, jit_compile=t.jit_compile)
         model.optimizer.build(model.trainable_variables)  # backups hold the optimizer's variables too
 
     # Weights, optimizer (learning rate included), position and callback state; every worker takes the chief's.
@@ -183,17 +209,11 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
         backup.trim_log(output / LOG_FILE, start.epoch)
         log.info("resuming the interrupted run in %s at epoch %d, batch %d", output, start.epoch, start.batch)
 
-    size = cfg.model.image_size
-    store = open_prepared(t.prepared, size, split.train + split.val) if t.prepared else None  # same batches
-    train_source = BatchSource(
-        split.train, t.batch_size, size, seed=t.seed, augment=t.augment, workers=t.workers, store=store,
-        device_preprocessing=t.device_preprocessing,
-    )
-    val_source = BatchSource(split.val, t.batch_size, size, seed=t.seed, shuffle=False, workers=t.workers,
-                             store=store, device_preprocessing=t.device_preprocessing)
-    val_batch = val_source[0]  # TensorBoard's photos, as (L, ab, weight)
-    if t.device_preprocessing:  # validation photos are not augmented: convert the uint8 ones on the host
-        val_batch = (*rgb_to_network(val_batch[0]["rgb"]), val_batch[0]["weight"])
+    train_source = BatchSource(store, split.train, t.batch_size, seed=t.seed, augment=t.augment, workers=t.workers)
+    val_source = BatchSource(store, split.val, t.batch_size, seed=t.seed, shuffle=False, workers=t.workers)
+    shown = val_source[0][0]  # TensorBoard's photos: validation photos are not augmented
+    val_batch = (color.rgb_uint8_to_network(shown["rgb"])[0], shown["embedding"],
+                 color.rgb_uint8_to_network(shown["rgb"])[1])
     merged: dict[str, list] = {}
     # One `fit` per segment: the rest of an interrupted epoch, then the other epochs (backup.segments).
     for first, skip in backup.segments(start, t.epochs):
@@ -203,9 +223,6 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
         val_data, val_views = place.feed(val_source)
         cbs = build_callbacks(cfg, output, colorizer_of(model), train_views + val_views, val_batch,
                               callbacks, start, len(train_source), place.cluster.is_chief)
-        if t.device_preprocessing:  # TensorBoard's photos are predicted from L, by a view of the same layers
-            view = inference_model(model)
-            cbs = [WithModel(cb, view) if isinstance(cb, ValidationImages) else cb for cb in cbs]
         # shuffle=False: the source shuffles per (seed, epoch); Keras would also reorder a PyDataset's batches
         # with Python's global random state, which a resumed run cannot reproduce.
         history = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=last, shuffle=False,
@@ -228,8 +245,22 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
                 else "no epoch ended with finite weights, so none were saved")
         what = (f"the loss became {losses[-1]}" if losses and not math.isfinite(losses[-1])
                 else "the weights became NaN or infinite")
-        raise KoalarizationError(f"training stopped: {what}; {kept}; try a lower --learning-rate")
-    failed = len(set(train_source.failed_files) | set(val_source.failed_files))
-    if failed:
-        log.warning("%d photo(s) failed to decode during training and were left out of the loss", failed)
-    return TrainResult(history, Path(t.output), len(losses), skipped, failed)
+        raise KoalarizationError(f"training stopped: {what}; {kept}; try a lower learning_rate")
+    best_epoch, best_loss = best_in_log(output / LOG_FILE)
+    # NaN and divergence were raised above, so a stop is EarlyStopping's
+    return TrainResult(history, Path(t.output), len(losses), skipped, best_epoch, best_loss,
+                       stopped_early=bool(model.stop_training))
+
+
+def best_in_log(log_csv: Path) -> tuple[int | None, float | None]:
+    """(1-based epoch, val_loss) of the lowest val_loss in a run's CSV log, resumed parts included."""
+    try:
+        with open(log_csv, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("val_loss") not in (None, "")]
+    except OSError:
+        return None, None
+    losses = [float(r["val_loss"]) for r in rows]
+    if not losses or not np.isfinite(losses).any():
+        return None, None
+    i = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
+    return int(float(rows[i]["epoch"])) + 1, losses[i]

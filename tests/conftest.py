@@ -16,6 +16,18 @@ SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Training caches and converted weights go to a folder of this test session, not the user's."""
+    previous = os.environ.get("KOALARIZATION_CACHE")
+    os.environ["KOALARIZATION_CACHE"] = str(tmp_path_factory.mktemp("koalarization-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("KOALARIZATION_CACHE", None)
+    else:
+        os.environ["KOALARIZATION_CACHE"] = previous
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "large: slow or needs ../shared data; run with -m large")
 
@@ -44,12 +56,21 @@ def photo_dir(tmp_path) -> Path:
     return root
 
 
+TINY_SIZE = 32  # the working size tiny runs train at
+
+
+def tiny_inputs(batch: int, size: int = TINY_SIZE, seed: int = 0) -> dict:
+    """Random inputs of model.build_model with the tiny_random embedder (32 px)."""
+    rng = np.random.default_rng(seed)
+    return {"L": rng.uniform(-1, 1, (batch, size, size, 1)).astype("float32"),
+            "L_embedder": rng.uniform(-1, 1, (batch, 32, 32, 1)).astype("float32")}
+
+
 @pytest.fixture
 def tiny_model_config():
     from koalarization.config import UP, ModelConfig
 
     return ModelConfig(
-        image_size=32,
         encoder=((8, 2), (8, 1), (16, 2), (16, 1), (16, 2), (16, 1), (16, 1), (8, 1)),
         fusion_filters=8,
         decoder=(16, UP, 8, UP, 8, 8),

@@ -42,7 +42,7 @@ def test_train_one_epoch_writes_checkpoint_config_log_and_events(photo_dir, tmp_
     assert "trained 1 epoch" in capsys.readouterr().out
     assert (out / "colorize.weights.h5").stat().st_size > 0
     config = json.loads((out / "config.json").read_text())
-    assert config["model"]["image_size"] == 32 and config["model"]["embedder"] == "tiny_random"
+    assert config["train"]["image_size"] == 32 and config["model"]["embedder"] == "tiny_random"
     split = json.loads((out / "split.json").read_text())
     assert len(split["train"]) + len(split["val"]) + len(split["test"]) == 8
     rows = read_log(out)
@@ -83,10 +83,10 @@ def test_resume_with_another_network_is_refused(photo_dir, tmp_path, capsys):
     cfg = run_config_from_args(build_parser().parse_args(train_args(photo_dir, out, 2)))
     with pytest.raises(KeyboardInterrupt):
         train(cfg, callbacks=[StopAfterFirstEpoch()], verbose=0)
-    args = train_args(photo_dir, out, 2)
-    args[args.index("32")] = "40"
-    assert main(args) == 1
+    assert main(train_args(photo_dir, out, 2, "--fusion-filters", "16")) == 1
     assert "different network" in capsys.readouterr().err
+    assert main(train_args(photo_dir, out, 2, "--image-size", "40")) == 1
+    assert "at 32 px" in capsys.readouterr().err
 
 
 def test_test_command_writes_folders_metrics_and_summary(photo_dir, tmp_path, capsys):
@@ -134,7 +134,11 @@ def test_empty_folder_is_one_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(train_args(tmp_path / "empty", tmp_path / "run")) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "no usable colour photos" in err and "empty" in err
+    assert err.count("\n") == 0 and "no photos found" in err and "empty" in err
+    Image.fromarray(synthetic_photo(3)[..., 0]).save(tmp_path / "empty" / "gray.png")
+    assert main(train_args(tmp_path / "empty", tmp_path / "run")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no usable colour photos" in err
 
 
 def test_corrupt_and_fake_images_are_skipped_with_warnings(photo_dir, tmp_path, capsys, caplog):

@@ -9,8 +9,8 @@ from koalarization.errors import KoalarizationError
 
 
 def test_json_round_trip(tmp_path):
-    cfg = RunConfig(ModelConfig(image_size=64, embedder="tiny_random"),
-                    TrainConfig(epochs=3, augment=AugmentConfig(enabled=False)))
+    cfg = RunConfig(ModelConfig(embedder="tiny_random", border_context=16),
+                    TrainConfig(data=("a", "b"), image_size=64, epochs=3, augment=AugmentConfig(enabled=False)))
     path = tmp_path / "config.json"
     path.write_text(cfg.to_json())
     assert RunConfig.load(path) == cfg
@@ -34,3 +34,22 @@ def test_missing_and_broken_config_files(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(KoalarizationError, match="bad.json"):
         RunConfig.load(tmp_path / "bad.json")
+
+
+def test_configs_of_older_versions_load(tmp_path):
+    """Older runs kept the working size in the model section, named one data folder as a string, and had
+    pipeline switches that no longer exist; their config.json still loads into the same recipe."""
+    raw = json.loads(RunConfig().to_json())
+    raw["model"]["image_size"] = 64
+    del raw["train"]["image_size"]
+    raw["train"].update(data="photos", prepared="runs/prep64", device_preprocessing=True)
+    cfg = RunConfig.from_dict(raw)
+    assert cfg.train.image_size == 64 and cfg.train.data == ("photos",)
+    assert cfg == RunConfig(train=TrainConfig(data=("photos",), image_size=64))
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(KoalarizationError, match="^val_fraction 0.6 and test_fraction 0.5"):
+        TrainConfig(val_fraction=0.6, test_fraction=0.5)
+    with pytest.raises(KoalarizationError, match="^fill wrap"):
+        TrainConfig(augment=AugmentConfig(fill="wrap"))

@@ -1,15 +1,17 @@
-"""The network against the published layer table (REFERENCE.md), fusion, freezing and save/load."""
+"""The network against the published layer table (docs/reference.md), fusion, freezing and save/load."""
 
 import keras
 import numpy as np
 import pytest
 
-from koalarization.config import ModelConfig
+from conftest import tiny_inputs
+
+from koalarization.config import ModelConfig, RunConfig, TrainConfig
 from koalarization.embedding import build_embedder
 from koalarization.errors import KoalarizationError
 from koalarization.model import Fusion, build_colorizer, build_model, colorizer_of
 
-# REFERENCE.md, "The network" (Keras versions): (filters, stride) of each 3x3 conv, in order.
+# docs/reference.md, "The network" (Keras versions): (filters, stride) of each 3x3 conv, in order.
 REFERENCE_TABLE = [
     (64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 1), (256, 1),  # encoder
     (256, 1),  # fusion, 1x1
@@ -22,7 +24,7 @@ def conv_params(cin, cout, k=3):
 
 
 def test_layer_table_and_parameter_count_match_the_reference():
-    model = build_colorizer(ModelConfig(image_size=256))
+    model = build_colorizer(ModelConfig())
     convs = [l for l in _flat_layers(model) if isinstance(l, keras.layers.Conv2D)]
     assert [(c.filters, c.strides[0]) for c in convs] == REFERENCE_TABLE
     assert [c.kernel_size for c in convs] == [(3, 3)] * 8 + [(1, 1)] + [(3, 3)] * 5
@@ -35,7 +37,8 @@ def test_layer_table_and_parameter_count_match_the_reference():
     decoder = [256, 128, 64, 32, 16, 2]
     expected += sum(conv_params(a, b) for a, b in zip(decoder, decoder[1:]))
     assert model.count_params() == expected == 6_541_202  # "~6.5 M" in the reference
-    assert model.output_shape == (None, 256, 256, 2)
+    ab = model.predict_on_batch([np.zeros((1, 256, 256, 1), "float32"), np.zeros((1, 1000), "float32")])
+    assert ab.shape == (1, 256, 256, 2)
     ups = [l for l in _flat_layers(model) if isinstance(l, keras.layers.UpSampling2D)]
     assert len(ups) == 3
 
@@ -59,20 +62,17 @@ def test_fusion_equals_reference_repeatvector_reshape_at_256():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(reference))
 
 
-@pytest.mark.parametrize("size", [24, 40, 64])
-def test_any_size_divisible_by_8_works(size, tiny_model_config):
-    from dataclasses import replace
-
-    cfg = replace(tiny_model_config, image_size=size)
-    model = build_model(cfg, build_embedder("tiny_random"))
-    out = model.predict(np.zeros((1, size, size, 1), "float32"), verbose=0)
-    assert out.shape == (1, size, size, 2)
-    assert np.abs(out).max() <= 1.0
+def test_one_model_serves_every_size_divisible_by_8(tiny_model_config):
+    model = build_model(tiny_model_config, build_embedder("tiny_random"))
+    for size in (24, 40, 64):
+        out = model.predict_on_batch(tiny_inputs(1, size))
+        assert out.shape == (1, size, size, 2)
+        assert np.abs(out).max() <= 1.0
 
 
 def test_size_not_divisible_by_8_is_a_clear_error():
-    with pytest.raises(KoalarizationError, match="multiple of 8"):
-        ModelConfig(image_size=100)
+    with pytest.raises(KoalarizationError, match="image_size 100: must be a positive multiple of 8"):
+        RunConfig(train=TrainConfig(image_size=100))
 
 
 def test_embedder_is_frozen_and_only_colorizer_trains(tiny_model_config):
@@ -81,10 +81,9 @@ def test_embedder_is_frozen_and_only_colorizer_trains(tiny_model_config):
     assert {id(v) for v in model.trainable_weights} == {id(v) for v in colorizer_of(model).trainable_weights}
     before = [w.copy() for w in embedder.get_weights()]
     model.compile(optimizer="rmsprop", loss="mse")
-    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 1)).astype("float32")
     y = np.random.default_rng(1).uniform(-0.5, 0.5, (4, 32, 32, 2)).astype("float32")
     colorizer_before = [w.copy() for w in colorizer_of(model).get_weights()]
-    model.fit(x, y, epochs=1, verbose=0)
+    model.fit(tiny_inputs(4), y, epochs=1, verbose=0)
     for a, b in zip(before, embedder.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(colorizer_before, colorizer_of(model).get_weights()))
@@ -96,8 +95,14 @@ def test_save_then_load_gives_identical_predictions(tmp_path, tiny_model_config)
     colorizer_of(model).save_weights(path)
     again = build_model(tiny_model_config, build_embedder("tiny_random"))
     colorizer_of(again).load_weights(path)
-    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 1)).astype("float32")
-    np.testing.assert_array_equal(model.predict(x, verbose=0), again.predict(x, verbose=0))
+    np.testing.assert_array_equal(model.predict_on_batch(tiny_inputs(2)), again.predict_on_batch(tiny_inputs(2)))
+
+
+def test_the_embedder_sees_its_own_input_not_the_working_size_l(tiny_model_config):
+    model = build_model(tiny_model_config, build_embedder("tiny_random"))
+    inputs = tiny_inputs(2)
+    other = dict(inputs, L_embedder=tiny_inputs(2, seed=5)["L_embedder"])
+    assert not np.allclose(model.predict_on_batch(inputs), model.predict_on_batch(other))
 
 
 def test_fusion_layer_serializes():
@@ -121,13 +126,13 @@ def test_batch_norm_adds_a_normalisation_after_every_hidden_conv(tiny_model_conf
 
 def test_ab_gain_scales_the_variation_around_each_photos_cast_and_loads_the_same_weights(tmp_path, tiny_model_config):
     cfg = tiny_model_config
-    base = build_colorizer(cfg, embedding_dim=7)
-    gained = build_colorizer(ModelConfig(**{**cfg.__dict__, "ab_gain": 3.0}), embedding_dim=7)
-    base.save_weights(tmp_path / "w.weights.h5")
-    gained.load_weights(tmp_path / "w.weights.h5")  # the gain has no weights
-    rng = np.random.default_rng(0)
-    inputs = [rng.uniform(-1, 1, (2, 32, 32, 1)).astype("float32"), rng.uniform(0, 1, (2, 7)).astype("float32")]
-    out, out3 = (np.asarray(m.predict(inputs, verbose=0)) for m in (base, gained))
+    embedder = build_embedder("tiny_random")
+    base = build_model(cfg, embedder)
+    gained = build_model(ModelConfig(**{**cfg.__dict__, "ab_gain": 3.0}), embedder)
+    colorizer_of(base).save_weights(tmp_path / "w.weights.h5")
+    colorizer_of(gained).load_weights(tmp_path / "w.weights.h5")  # the gain has no weights
+    inputs = tiny_inputs(2)
+    out, out3 = (np.asarray(m.predict_on_batch(inputs)) for m in (base, gained))
     cast = out.mean(axis=(1, 2), keepdims=True)  # each photo's mean ab stays; the variation around it x3
     np.testing.assert_allclose(out3, np.clip(cast + 3.0 * (out - cast), -1, 1), atol=1e-6)
     assert np.abs(out - cast).max() > 0  # there is variation to scale
@@ -166,5 +171,26 @@ def test_optimizer_by_name():
 
     assert isinstance(make_optimizer("adam", 1e-4), keras.optimizers.Adam)
     assert isinstance(make_optimizer("rmsprop", 1e-3), keras.optimizers.RMSprop)
-    with pytest.raises(KoalarizationError, match="--optimizer sgd"):
+    with pytest.raises(KoalarizationError, match="optimizer sgd"):
         make_optimizer("sgd", 1e-3)
+
+
+def test_border_context_predicts_on_the_mirrored_photo_and_crops(tiny_model_config):
+    """border_context p: the colorizer sees the photo with p mirrored pixels on each side; the output is
+    the colorizer's output on that bigger input, cropped back to the photo."""
+    from dataclasses import replace
+
+    embedder = build_embedder("tiny_random")
+    plain = build_model(tiny_model_config, embedder)
+    framed = build_model(replace(tiny_model_config, border_context=8), embedder)
+    colorizer_of(framed).set_weights(colorizer_of(plain).get_weights())
+    inputs = tiny_inputs(2)
+    out = np.asarray(framed.predict_on_batch(inputs))
+    mirrored = np.pad(inputs["L"], ((0, 0), (8, 8), (8, 8), (0, 0)), mode="reflect")
+    embedding = embedder.predict_on_batch(inputs["L_embedder"])
+    expected = np.asarray(colorizer_of(plain).predict_on_batch([mirrored, embedding]))[:, 8:-8, 8:-8]
+    assert out.shape == (2, 32, 32, 2)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert not np.allclose(out, plain.predict_on_batch(inputs), atol=1e-4)  # the border changed something
+    with pytest.raises(KoalarizationError, match="border_context 4: must be a multiple of 8"):
+        replace(tiny_model_config, border_context=4)
