@@ -18,7 +18,7 @@ UP = "up"  # decoder token: UpSampling2D x2
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # TrainConfig.precision: Keras dtype policies
 OPTIMIZERS = ("rmsprop", "adam")  # TrainConfig.optimizer: keras.optimizers by name
 
-# REFERENCE.md, "The network": encoder 64 s2 . 128 . 128 s2 . 256 . 256 s2 . 512 . 512 . 256
+# docs/reference.md, "The network": encoder 64 s2 . 128 . 128 s2 . 256 . 256 s2 . 512 . 512 . 256
 REFERENCE_ENCODER = ((64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 1), (256, 1))
 # Keras reproduction's decoder: 128 . up . 64 . up . 32 . 16 . Conv 2 tanh . up (the last two are fixed).
 REFERENCE_DECODER = (128, UP, 64, UP, 32, 16)
@@ -74,7 +74,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Random affine augmentation (REFERENCE.md, Keras reproduction: ImageDataGenerator semantics).
+    """Random affine augmentation (docs/reference.md, Keras reproduction: ImageDataGenerator semantics).
 
     shear is an angle in degrees, as in Keras' ImageDataGenerator (so the reference's 0.2 is 0.2 degrees);
     zoom z draws independent x/y scales in [1 - z, 1 + z]; rotation is in degrees.
@@ -89,7 +89,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train. Defaults: the reference Keras recipe (REFERENCE.md, "Training recipes")."""
+    """How to train. Defaults: the reference Keras recipe (docs/reference.md, "Training recipes")."""
 
     data: str = "data"
     output: str = "model_output"

@@ -35,7 +35,7 @@ SUMMARY_KEYS = ("n_images", "psnr", "ssim", "colorfulness", "gray_psnr", "gray_s
 
 
 def colorfulness(rgb_uint8: np.ndarray) -> float:
-    """Hasler & Suesstrunk (2003) colourfulness of a uint8 RGB image (REFERENCE.md): 0 for gray."""
+    """Hasler & Suesstrunk (2003) colourfulness of a uint8 RGB image (docs/reference.md): 0 for gray."""
     r, g, b = (rgb_uint8[..., i].astype(np.float64) for i in range(3))
     rg, yb = r - g, 0.5 * (r + g) - b
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))

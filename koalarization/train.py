@@ -1,4 +1,4 @@
-"""Training: `Model.fit` on streamed batches with the reference recipe's callbacks (REFERENCE.md).
+"""Training: `Model.fit` on streamed batches with the reference recipe's callbacks (docs/reference.md).
 
 Files in the output folder:
     config.json            the RunConfig used (what `test` and `colorize` rebuild)
