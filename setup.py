@@ -10,9 +10,11 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",  # LICENSE
     python_requires=">=3.10",
-    packages=find_packages(include=["koalarization", "koalarization.*"]),
-    include_package_data=True,
-    package_data={"koalarization": ["web/static/*", "weights/*"]},
+    # web/static and weights hold data only (no __init__.py); listed as packages, setuptools ships their
+    # files without its "Package would be ignored" warning.
+    packages=find_packages(include=["koalarization", "koalarization.*"])
+    + ["koalarization.web.static", "koalarization.weights"],
+    package_data={"koalarization.web.static": ["*"], "koalarization.weights": ["colorize.weights.h5", "config.json"]},
     install_requires=[
         "keras>=3.10",
         # TensorFlow is the default backend (and runs tf.distribute); the CPU wheel is a third of the size.

@@ -174,12 +174,40 @@ COMMANDS = {
 }
 
 
+def _import_keras_quietly() -> None:
+    """Import Keras (and so TensorFlow) with file descriptor 2 pointed at /dev/null, then restore it.
+
+    TensorFlow's C++ libraries write start-up lines while they load: absl's "All log messages before
+    absl::InitializeLog() ..." warning, "oneDNN custom operations are on", CPU-feature notices. Some come
+    before TF_CPP_MIN_LOG_LEVEL is read (with oneDNN on they show even at level 3), and all go straight to
+    the process's stderr, under Python's `sys.stderr`, so only the descriptor can hide them. It is
+    restored right after the import: our own errors and later real errors still show. `--verbose` skips
+    this. Every command imports Keras anyway, so importing it here costs nothing.
+    """
+    # Later INFO/WARNING lines (XLA start-up, device lists); an explicit user setting wins. Deliberately no
+    # TF_ENABLE_ONEDNN_OPTS: switching oneDNN changes the numbers (colorized pixels differ by 1/255).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "keras" in sys.modules:  # called again in one process (tests): nothing left to hide
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s"
     )
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not for users
+    if not args.verbose:
+        _import_keras_quietly()
     try:
         return COMMANDS[args.command](args)
     except KoalarizationError as err:

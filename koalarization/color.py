@@ -40,7 +40,7 @@ _LAB_F_EPSILON = 0.2068966  # f(EPSILON): where the inverse switches branch
 _SRGB_LINEAR_LIMIT = 0.04045
 _SRGB_INVERSE_LIMIT = 0.0031308
 
-# Network scaling (REFERENCE.md, "Training recipes", Keras reproduction column).
+# Network scaling (docs/reference.md, "Training recipes", Keras reproduction column).
 L_HALF = 50.0  # L / 50 - 1 maps [0, 100] onto [-1, 1]
 AB_SCALE = 128.0  # ab / 128 maps [-128, 128] onto [-1, 1]
 

@@ -2,7 +2,7 @@
 
     Colorizer(weights).colorize(rgb uint8 (H, W, 3), saturation=1.0) -> uint8 RGB (H, W, 3)
 
-As in Zhang et al.'s `colorization` and DeOldify (REFERENCE.md, "Output at full resolution"): the photo is
+As in Zhang et al.'s `colorization` and DeOldify (docs/reference.md, "Output at full resolution"): the photo is
 squashed to the network size S x S (as in training), the predicted ab (S, S, 2) in [-1, 1] is upsampled
 bilinearly to (H, W) and joined with the photo's *original* full-resolution L. Detail comes from L, so the
 result is as sharp as the input; only the colour is smooth. A colour photo is colorized from its own L.

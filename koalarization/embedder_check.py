@@ -2,7 +2,7 @@
 
 A wrong weight layout or preprocessing usually still gives confident-looking softmax outputs, so the
 only convincing check is accuracy on real photos: EfficientNet-Lite0 gets top-1 ~0.90 on the first
-250 photos of ``data/imagenet-sample`` (REFERENCE.md), a broken port gets ~0.
+250 photos of an ImageNet sample with one photo per class (docs/reference.md), a broken port gets ~0.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def _tiny_random(weights: str | None) -> keras.Model:
 
 
 EMBEDDERS: dict[str, EmbedderSpec] = {
-    # REFERENCE.md: 299 px, gray repeated to RGB, [-1, 1], with top -> 1000 softmax probabilities.
+    # docs/reference.md: 299 px, gray repeated to RGB, [-1, 1], with top -> 1000 softmax probabilities.
     "inception_resnet_v2": EmbedderSpec(
         299, 2.0, -1.0, _inception_resnet_v2, "Inception-ResNet-v2 (paper; weights download from the internet)"
     ),

@@ -41,7 +41,7 @@ FRAME_SIZE, FRAME_BAND = 64, 6  # frame_statistic: compared at 64 x 64, over the
 
 
 def colorfulness(rgb_uint8: np.ndarray) -> float:
-    """Hasler & Suesstrunk (2003) colourfulness of a uint8 RGB image (REFERENCE.md): 0 for gray."""
+    """Hasler & Suesstrunk (2003) colourfulness of a uint8 RGB image (docs/reference.md): 0 for gray."""
     r, g, b = (rgb_uint8[..., i].astype(np.float64) for i in range(3))
     rg, yb = r - g, 0.5 * (r + g) - b
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))

@@ -1,15 +1,15 @@
 """What a training step costs: FLOPs per photo counted from the layers, device peaks, and MFU.
 
-Conventions (those of the issue and of PaLM's "model FLOPs utilisation"):
+Conventions (those of PaLM's "model FLOPs utilisation"):
 - a multiply-add is 2 FLOPs; only convolutions and dense layers are counted (bias adds, activations,
   BatchNorm, resizes and the in-graph Lab arithmetic are under 2% here and are left out);
 - a training step costs 3x the forward pass of the trainable part (forward, gradient with respect to the
   activations, gradient with respect to the weights); the frozen embedder does not run in training (its
   outputs are cached once per photo), and costs its forward pass once per photo at inference.
 
-At 256 px the reference network's trainable part is 9.78 GMAC forward (docs/reference.md: "~10 GMAC"), so
-a training step is 3 x 19.6 = 58.7 GFLOP. An embedder's forward pass: 0.77 GFLOP for EfficientNet-Lite0,
-26.3 GFLOP for Inception-ResNet-v2 (13.2 GMAC; the reference's "~6.5 GMAC" is half that).
+At 256 px the reference network's trainable part is 9.78 GMAC forward (docs/reference.md: "about 10 GMAC"),
+so a training step is 3 x 19.6 = 58.7 GFLOP. An embedder's forward pass: 0.77 GFLOP for EfficientNet-Lite0,
+26.3 GFLOP for Inception-ResNet-v2 (13.2 GMAC; the "~6.5 GMAC" some write-ups quote is half that).
 tests/test_benchmark.py checks the counts against TensorFlow's profiler.
 """
 

@@ -90,7 +90,7 @@ def build_decoder(cfg: ModelConfig, channels: int) -> keras.Model:
     x = inputs
     for i, spec in enumerate(cfg.decoder):
         x = layers.UpSampling2D(2, name=f"decoder_up{i}")(x) if spec == UP else _hidden_conv(x, cfg, spec, f"decoder_conv{i}")
-    # Keras reproduction: Conv 2 tanh, then the last x2 upsampling (REFERENCE.md).
+    # Keras reproduction: Conv 2 tanh, then the last x2 upsampling (docs/reference.md).
     x = _conv(2, "decoder_ab", activation="tanh")(x)
     x = layers.UpSampling2D(2, name="decoder_up_out")(x)
     return keras.Model(inputs, x, name="decoder")

@@ -1,5 +1,5 @@
 """The reference Keras reproduction's input pipeline, rebuilt so `benchmark pipeline --reference` can time it
-beside ours on the same photos in the same process (REFERENCE.md, "Training recipes", "data loading").
+beside ours on the same photos in the same process (docs/reference.md, "Training recipes", "data loading").
 
 What the reference did, and what this module does the same way:
 

@@ -2,6 +2,9 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -9,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import synthetic_photo
+from conftest import REPO, synthetic_photo
 
 from koalarization.cli import main, run_config_from_args, build_parser
 from koalarization.train import train
@@ -174,3 +177,28 @@ def test_unknown_embedder_is_one_clear_error(photo_dir, tmp_path, capsys):
     args[args.index("tiny_random")] = "resnet9000"
     assert main(args) == 1
     assert "unknown embedder" in capsys.readouterr().err
+
+
+# What TensorFlow's C++ libraries write while they load (absl, oneDNN, CPU-feature notices).
+TF_START_UP = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard")
+
+
+def test_a_command_shows_only_its_own_error_and_verbose_shows_tensorflow_start_up(tmp_path):
+    """A real process, as in a terminal. oneDNN switched on makes TensorFlow log at start-up even at
+    TF_CPP_MIN_LOG_LEVEL=3 (the environment variable alone does not hide it)."""
+    (tmp_path / "empty").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def run(*flags):
+        command = [sys.executable, "-m", "koalarization", *flags, "test", "--data", str(tmp_path / "empty"),
+                   "--output", str(tmp_path / "out")]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    loud = run("--verbose")
+    assert loud.returncode == 1, loud.stderr
+    if not any(line in loud.stderr for line in TF_START_UP):
+        pytest.skip("this TensorFlow build writes no start-up lines here, so there is nothing to hide")
+    quiet = run()
+    assert quiet.returncode == 1
+    # Only our error: the start-up lines are gone and stderr works again after Keras was imported.
+    assert quiet.stderr.splitlines() == [f"koalarization test: error: --data {tmp_path / 'empty'}: no photos to test on"]

@@ -1,8 +1,12 @@
 """The walkthrough notebook runs top to bottom (small parameters); the executed copy is kept as an artifact."""
 
+import importlib.util
 import json
+import os
+import shutil
 from pathlib import Path
 
+import keras
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -10,12 +14,18 @@ from nbclient import NotebookClient
 from conftest import REPO
 
 ARTIFACTS = REPO / "tests" / "artifacts"
+NOTEBOOK = REPO / "notebooks" / "walkthrough.ipynb"
 SMALL = {"IMAGE_SIZE": 64, "EPOCHS": 2, "BATCH_SIZE": 4}
+NO_DIAGRAM = "No diagram: keras.utils.plot_model needs Graphviz"
+
+
+def has_graphviz() -> bool:
+    """What keras.utils.plot_model needs: pydot and Graphviz's `dot` program (a system package)."""
+    return shutil.which("dot") is not None and importlib.util.find_spec("pydot") is not None
 
 
 def test_walkthrough_runs_headless(tmp_path):
-    pytest.importorskip("pydot")
-    nb = nbformat.read(REPO / "notebooks" / "walkthrough.ipynb", as_version=4)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
     parameters = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "# Parameters" in c.source)
     overrides = {**SMALL, "OUTPUT": str(tmp_path / "run")}
     nb.cells.insert(parameters + 1, nbformat.v4.new_code_cell(
@@ -30,10 +40,39 @@ def test_walkthrough_runs_headless(tmp_path):
         nbformat.write(nb, ARTIFACTS / "walkthrough.executed.ipynb")
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    # Lab split, diagram, augmentation grid, curves, test grid, own photo.
-    assert len(images) >= 6
+    printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    # Lab split, diagram (with Graphviz; a one-line note without it), augmentation grid, curves, test grid,
+    # own photo.
+    if has_graphviz():
+        assert len(images) >= 6 and NO_DIAGRAM not in printed
+    else:
+        assert len(images) >= 5 and NO_DIAGRAM in printed
     summary = json.loads((tmp_path / "run" / "test" / "summary.json").read_text())
     held_out = json.loads((tmp_path / "run" / "split.json").read_text())["test"]
     assert summary["n_images"] == len(held_out) == 2  # the notebook's "../data" finds its own split
-    committed = (REPO / "notebooks" / "walkthrough.ipynb").read_text()
+    committed = NOTEBOOK.read_text()
     assert '"outputs": []' in committed and len(committed) < 50_000  # the committed notebook stays small
+
+
+def diagram_cell() -> str:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    return next(c.source for c in nb.cells if c.cell_type == "code" and "plot_model" in c.source)
+
+
+@pytest.mark.parametrize("graphviz", [False, True], ids=["without-dot", "with-dot"])
+def test_diagram_cell_with_and_without_graphviz(graphviz, tmp_path, monkeypatch, capsys):
+    """The diagram cell alone, on a tiny model: a clean machine without Graphviz gets the note, not an error."""
+    if graphviz and not has_graphviz():
+        pytest.skip("needs Graphviz's `dot` on PATH and pydot")
+    if not graphviz:  # every folder that holds a `dot` leaves PATH
+        kept = [d for d in os.environ.get("PATH", "").split(os.pathsep) if not shutil.which("dot", path=d)]
+        monkeypatch.setenv("PATH", os.pathsep.join(kept))
+    shown = []
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    exec(diagram_cell(), {"Path": Path, "OUTPUT": str(tmp_path), "model": model, "colorizer_of": lambda m: m,
+                          "Image": lambda filename: filename, "display": shown.append})
+    if graphviz:
+        assert shown == [str(tmp_path / "model.png")] and (tmp_path / "model.png").stat().st_size > 0
+    else:
+        assert shown == [] and not (tmp_path / "model.png").exists()
+        assert NO_DIAGRAM in capsys.readouterr().out

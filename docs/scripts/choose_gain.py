@@ -5,7 +5,7 @@
 MSE training shrinks uncertain colours toward the mean; a gain g > 1 on how the predicted ab varies within
 each photo (model.ABGain) buys colourfulness at the price of PSNR. Rule (fixed before looking at any test set): the most colourful, i.e. the largest, g on
 a 0.1 grid whose mean PSNR on these photos is still at least --margin dB above the gray baseline's (the
-issue's two targets, PSNR above gray and colour, moved onto photos we may look at). coco-val128, the test
+shipped weights' two targets, PSNR above gray and colour, moved onto photos we may look at). coco-val128, the test
 set, is never used here.
 Prints one line per gain and the chosen one as JSON on the last line.
 """

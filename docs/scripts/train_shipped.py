@@ -1,17 +1,17 @@
 """Train the weights that ship in koalarization/weights/ (docs/model_card.md says how they were made).
 
-    python -m koalarization prepare --data ../shared/data/imagenet-sample --out runs/prep64 --image-size 64
-    python docs/scripts/train_shipped.py --output runs/shipped --prepared runs/prep64
+    python -m koalarization prepare --data path/to/imagenet-sample --out runs/prep64 --image-size 64
+    python docs/scripts/train_shipped.py --data path/to/imagenet-sample --output runs/shipped --prepared runs/prep64
 
-The photos of ../shared/data/imagenet-sample (one per ImageNet class; 977 in colour): 85 % train, 10 %
-validation, 5 % test; coco-val128 is never seen. The defaults below are the shipped run's; where they
-differ from the reference recipe, docs/model_card.md says why. It needs TrainConfig fields the CLI does not
-expose (split fractions, callback patience), hence a script rather than a `train` command.
+The shipped run trained on a sample of ImageNet with one photo per class (977 of the 1000 in colour): 85 %
+train, 10 % validation, 5 % test; the 128 COCO photos of docs/results.md are never seen. The defaults below
+are the shipped run's; where they differ from the reference recipe, docs/model_card.md says why. It needs
+TrainConfig fields the CLI does not expose (split fractions, callback patience), hence a script rather than
+a `train` command.
 """
 
 import argparse
 import logging
-from pathlib import Path
 
 from koalarization.config import AugmentConfig, ModelConfig, RunConfig, TrainConfig
 from koalarization.train import train
@@ -19,7 +19,7 @@ from koalarization.train import train
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared/data/imagenet-sample"))
+    p.add_argument("--data", required=True, help="folder of photos (the shipped run: ImageNet, one per class)")
     p.add_argument("--output", default="runs/shipped")
     p.add_argument("--prepared", default=None, help="a `prepare` folder of --data at --image-size")
     p.add_argument("--image-size", type=int, default=64)

@@ -1,6 +1,9 @@
 """Measure the input pipeline one change at a time, side by side in one process (docs/performance.md).
 
-    python docs/pipeline_ablation.py --data ../shared/data/imagenet-sample --prepared /tmp/prepared256 [--rounds 3]
+    python docs/scripts/pipeline_ablation.py --data path/to/photos --prepared /tmp/prepared256 [--rounds 3]
+
+--data is a folder of JPEG photos (docs/performance.md measured 977 colour ImageNet photos, one per
+class) and --prepared a `prepare --image-size 256` folder of the same photos.
 
 Each variant makes one epoch of batches (batch 32, 256 px, augmentation on) exactly as `train` would, through
 Keras' PyDataset adapter (koalarization.benchmark.consume); the variants run in turns, `--rounds` times, and
