@@ -116,7 +116,8 @@ def test_parameters_as_query_or_form_fields(client):
                                  "(got 'lots')"),
     ({"format": "gif"}, {}, "format: Input should be 'png' or 'jpeg' (got 'gif')"),
     ({}, {"format": "gif"}, "format: Input should be 'png' or 'jpeg' (got 'gif')"),
-])
+], ids=["model-query", "model-form", "saturation-query", "saturation-nan-form", "saturation-text-form",
+        "format-query", "format-form"])
 def test_bad_parameters_are_422_with_one_line(client, params, fields, message):
     """Query parameters (checked by FastAPI) and form fields (checked here) answer in the same one shape."""
     response = post_image(client, png_bytes(synthetic_photo(3)), params=params, fields=fields)
