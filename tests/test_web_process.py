@@ -4,7 +4,9 @@ SIGTERM it leaves nothing in its temp folder (TensorFlow's autograph modules inc
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import os
 import signal
 import socket
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -24,9 +27,12 @@ from test_web_load import free_port, get_status, post  # noqa: E402
 START_S = 180  # the shipped model loads in ~15 s on 2 busy cores
 
 
+@dataclasses.dataclass
 class Server:
-    def __init__(self, process: subprocess.Popen, url: str, tmp, log):
-        self.process, self.url, self.tmp, self.log_path = process, url, tmp, log
+    process: subprocess.Popen
+    url: str
+    tmp: Path  # its TMPDIR
+    log_path: Path  # its stderr
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -56,7 +62,7 @@ def server(tmp_path_factory):
 
 def test_serve_without_weights_serves_the_shipped_model(server):
     with urllib.request.urlopen(server.url + "/api/health", timeout=10) as response:
-        health = __import__("json").load(response)
+        health = json.load(response)
     assert [(m["index"], m["label"]) for m in health["models"]] == [(0, "shipped")]
 
 
