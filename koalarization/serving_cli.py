@@ -65,13 +65,15 @@ def _colorize(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from koalarization.errors import KoalarizationError
 
-    if len(args.weights) > 2:
-        raise KoalarizationError(f"--weights given {len(args.weights)} times: the page compares at most two models")
+    weights = args.weights or [shipped_or(None)]  # action="append" leaves None when --weights is not given
+    if len(weights) > 2:
+        raise KoalarizationError(f"--weights given {len(weights)} times: the page compares at most two models")
     try:
         from koalarization.web.server import serve
     except ImportError as err:
-        raise KoalarizationError(f"serve needs {err.name}: pip install fastapi uvicorn python-multipart") from None
-    serve(args.weights or [shipped_or(None)], host=args.host, port=args.port, embedder_weights=args.embedder_weights)
+        raise KoalarizationError(f"serve needs {err.name}: "
+                                 "pip install fastapi fastapi-offline uvicorn python-multipart") from None
+    serve(weights, host=args.host, port=args.port, embedder_weights=args.embedder_weights)
     return 0
 
 

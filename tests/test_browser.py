@@ -1,5 +1,6 @@
 """The page in a real browser (system Chromium driven by Playwright): pick and drop photos, see them
-colorized by two models, move the saturation slider, download the full-resolution result.
+colorized by two models, move the saturation slider, download the full-resolution result; previews of any
+aspect stay in a bounded box; the API docs render with the network blocked.
 
 Needs /usr/bin/chromium and the `playwright` package (.ci/browser-deps installs both). Never run
 `playwright install`: it downloads browsers from a CDN; this test drives the system Chromium instead.
@@ -41,12 +42,18 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def models(tmp_path_factory):
+    """Two tiny runs; the page labels them by their folders."""
+    return (make_weights(tmp_path_factory.mktemp("model_a")),
+            make_weights(tmp_path_factory.mktemp("model_b"), ab_bias=(-0.3, 0.4)))
+
+
+@pytest.fixture(scope="module")
+def server(models):
     """The app on 127.0.0.1 (a free port, bound before uvicorn starts) in a background thread."""
     import uvicorn
 
-    first = make_weights(tmp_path_factory.mktemp("model_a"))
-    second = make_weights(tmp_path_factory.mktemp("model_b"), ab_bias=(-0.3, 0.4))
+    first, second = models
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -102,7 +109,7 @@ def api_result(url: str, data: bytes, saturation: float) -> np.ndarray:
         return np.asarray(image)
 
 
-def test_page_colorizes_adjusts_saturation_and_downloads(server, browser, tmp_path):
+def test_page_colorizes_adjusts_saturation_and_downloads(server, browser, models, tmp_path):
     photo = tmp_path / "portrait.jpg"  # stored 517 x 333, shown upright as 333 x 517 (EXIF orientation 6)
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -117,9 +124,13 @@ def test_page_colorizes_adjusts_saturation_and_downloads(server, browser, tmp_pa
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.goto(server)
     page.wait_for_selector("body[data-ready=true]")
+    expect(page.locator("#limits")).to_have_text(
+        "JPEG, PNG, WebP, TIFF or BMP; up to 32 MB and 40 million pixels per photo")
 
     page.set_input_files("#file-input", str(photo))  # the file picker
     expect(ready_results(page)).to_have_count(2)
+    labels = [run.parent.name for run in models]  # both files are colorize.weights.h5: the folders tell apart
+    assert page.locator(".model-name").all_inner_texts() == [f"Model 1: {labels[0]}", f"Model 2: {labels[1]}"]
     shown = canvas_pixels(page, 0)
     assert shown.shape == upright.shape
     assert np.array_equal(shown, api_result(server, photo.read_bytes(), 1.0))  # exactly the server's result
@@ -137,7 +148,10 @@ def test_page_colorizes_adjusts_saturation_and_downloads(server, browser, tmp_pa
         page.click(".pane.result[data-model='0'] button.download")
     saved = tmp_path / download.value.suggested_filename
     download.value.save_as(saved)
-    assert saved.name == "portrait-colorized-saturation50.png"
+    assert saved.name == f"portrait-colorized-{labels[0]}-saturation50.png"
+    with page.expect_download() as other:
+        page.click(".pane.result[data-model='1'] button.download")
+    assert other.value.suggested_filename == f"portrait-colorized-{labels[1]}-saturation50.png"
     with Image.open(saved) as image:
         assert image.size == (333, 517)  # full resolution, upright
         downloaded = np.asarray(image.convert("RGB"))
@@ -170,10 +184,65 @@ def test_page_colorizes_adjusts_saturation_and_downloads(server, browser, tmp_pa
     titles = page.locator(".card-title").all_inner_texts()
     assert titles == ["notes.txt", "dropped.png", "portrait.jpg"]  # newest first
     assert "not an image" in page.locator(".pane[data-error]").first.get_attribute("data-error")
-    expect(page.locator("#status")).to_have_text("Done.")
+    # Not "Done.": the status says what the server refused, in its own words (once for the two models).
+    expect(page.locator("#status")).to_have_text("notes.txt: not an image (send JPEG, PNG, WebP, TIFF or BMP)")
+    expect(page.locator("#status")).to_have_class("error")
+
+    # The slider goes as far as the API (400 %); a range input clamps a value over its max.
+    set_saturation(page, "4")
+    expect(page.locator("#saturation-value")).to_have_text("400 %")
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "colorize-page.png"), full_page=True)
     assert all(url.startswith(server) or url.startswith(("blob:", "data:")) for url in requested), requested
     assert [p for p in problems if "415" not in p] == []  # the 415 of notes.txt is the only console error
+    page.close()
+
+
+def test_previews_keep_a_bounded_box_whatever_the_aspect(server, browser, tmp_path):
+    """A 1 x 20000 and a 20000 x 1 photo: every preview box, original and result, stays between 4rem and 70 %
+    of the window's height, and each card stays shorter than the window."""
+    paths = []
+    for name, size in (("tall.png", (20000, 1)), ("wide.png", (1, 20000))):
+        Image.fromarray(synthetic_photo(5, size=size)).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server)
+    page.wait_for_selector("body[data-ready=true]")
+    page.set_input_files("#file-input", paths)
+    expect(ready_results(page)).to_have_count(4)
+    expect(page.locator("#status")).to_have_text("Done.")
+    previews = page.locator(".pane img, .pane canvas").all()
+    assert len(previews) == 6
+    for preview in previews:
+        box = preview.bounding_box()
+        assert 60 <= box["height"] <= 0.7 * 900 + 1 and box["width"] > 200, box
+    for card in page.locator(".card").all():
+        assert card.bounding_box()["height"] < 900
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "colorize-page-extreme-aspects.png"), full_page=True)
+    page.close()
+
+
+def test_api_docs_render_with_the_network_blocked(server, browser):
+    """/docs (Swagger UI) loads nothing from outside this server: every other request is aborted, and the
+    operations still render."""
+    page = browser.new_page()
+    blocked, problems = [], []
+
+    def only_this_server(route):
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(server + "/docs")
+    operations = page.locator(".opblock-summary-path")
+    expect(operations).to_have_count(2)
+    assert sorted(operations.all_inner_texts()) == ["/api/colorize", "/api/health"]
+    expect(page.locator(".opblock-post")).to_have_count(1)
+    assert blocked == [] and problems == []
     page.close()

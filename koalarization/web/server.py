@@ -3,54 +3,132 @@
     POST /api/colorize   the photo as multipart/form-data field `image` (or as the raw request body);
                          saturation (0-4, default 1), model (index, default 0), format (png | jpeg) as
                          query parameters or form fields  ->  the colorized photo at its full resolution
-    GET  /api/health     JSON: the loaded models and the upload limits
-    GET  /               the page (static/index.html); OpenAPI docs at /docs
+    GET  /api/health     JSON: the loaded models (index, label) and the upload limits
+    GET  /               the page (static/index.html); OpenAPI docs at /docs, served from here (no CDN)
 
 Each model is loaded once and shared by all requests (`Colorizer` serialises the network call). Uploads stay
 in memory: the body is read with a byte limit (a larger Content-Length is refused before reading anything),
-the image header is checked against a pixel limit before decoding, and nothing is written to disk.
+the image header is checked against a pixel limit before decoding, and nothing is written to disk. At most
+`max_running` photos are colorized at once and `max_waiting` more are admitted; past that a request is
+answered 503 with Retry-After before its body is read, so memory stays bounded whatever clients send.
 
-Errors are JSON {"detail": "..."}: 413 body or pixels over the limit (decompression bombs included),
-415 not an image, 422 a broken image or bad parameters, 400 malformed multipart.
+Every error is JSON {"detail": "one line for people"} (the Error schema): 400 malformed multipart or an
+abandoned upload, 413 body or pixels over the limit (decompression bombs included), 415 not an image,
+422 a broken image or a bad parameter, 503 busy.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
+import signal
 import threading
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+import fastapi_offline
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from koalarization import images
+from koalarization.checkpoint import SHIPPED_WEIGHTS
 from koalarization.colorize import Colorizer
 
+log = logging.getLogger(__name__)
+
 STATIC = Path(__file__).with_name("static")
+# swagger-ui's dist files as the fastapi-offline package ships them, so /docs works without a network.
+SWAGGER_UI = Path(fastapi_offline.__file__).with_name("static")
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # a 12 MP JPEG is 3-8 MB, a 12 MP PNG up to ~30 MB
 MAX_PIXELS = 40_000_000  # a 40 MP photo needs ~1 GB of working memory (~25 bytes per pixel)
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and the small fields around the image
-MAX_CONCURRENT = 2  # photos colorized at once; more would only queue for the same cores and memory
+MAX_RUNNING = 2  # photos colorized at once; more would only queue for the same cores and memory
+# Requests admitted to wait for those: each holds at most its upload (MAX_UPLOAD_BYTES) meanwhile, so memory
+# is bounded by MAX_RUNNING photos' working memory plus 8 uploads. The page sends one upload at a time, so
+# eight people can use it at once; a ninth request is answered 503 at once rather than queued without end.
+MAX_WAITING = 6
+RETRY_AFTER_S = 5  # a 12 MP photo takes ~2 s on 2 cores: by then a slot is usually free
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+Format = Literal["png", "jpeg"]
+FORMATS = "JPEG, PNG, WebP, TIFF or BMP"
 
-UPLOAD_DOC = {  # the request body, for the OpenAPI page (the endpoint parses it itself, in memory)
-    "requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-            "image": {"type": "string", "format": "binary", "description": "JPEG, PNG, WebP, TIFF or BMP"},
-            "saturation": {"type": "number", "minimum": 0, "maximum": 4},
-            "model": {"type": "integer", "minimum": 0},
-            "format": {"type": "string", "enum": list(MEDIA_TYPES)},
-        }}},
-        "image/*": {"schema": {"type": "string", "format": "binary"}},
-    }},
-}
+
+class Error(BaseModel):
+    """The body of every error answer."""
+
+    detail: str = Field(description="what was wrong and what to do, in one line for people")
+
+
+class ModelInfo(BaseModel):
+    index: int = Field(description="the `model` parameter that selects it")
+    label: str = Field(description="'shipped' for the weights that ship with koalarization, else the run's folder")
+    embedder: str
+    image_size: int = Field(description="the network's working size S (the photo is squashed to S x S)")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    models: list[ModelInfo]
+    max_upload_bytes: int
+    max_pixels: int
+    formats: list[str]
+
+
+def megabytes(n: int) -> str:
+    """Bytes for people, in MB of 2**20 bytes as the page shows them: 33554432 -> '32 MB', 48e6 -> '45.8 MB'."""
+    value, unit = (n / 2**20, "MB") if n >= 2**20 else (n / 1024, "kB")
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
+
+
+def _over_limit(size: int, limit: int) -> str:
+    """'45.8 MB is over this server's limit of 32 MB'; in bytes where MB would print two equal numbers."""
+    shown = megabytes(size), megabytes(limit)
+    if shown[0] == shown[1]:
+        shown = f"{size:,} bytes", f"{limit:,} bytes"
+    return f"{shown[0]} is over this server's limit of {shown[1]}"
+
+
+def pixel_count(n: int) -> str:
+    """40000000 -> '40 million', 39690000 -> '39.7 million', 65536 -> '65,536'."""
+    return f"{n / 1e6:.1f}".removesuffix(".0") + " million" if n >= 100_000 else f"{n:,}"
+
+
+def model_labels(weights: list[Path]) -> list[str]:
+    """A name per model for the page, the API and download names: 'shipped' or the run's folder; two equal
+    names get their parent folder too, and then their position."""
+    shipped = SHIPPED_WEIGHTS.resolve()
+
+    def label(path: Path, parents: int) -> str:
+        if path.resolve() == shipped:
+            return "shipped"
+        return "/".join(path.resolve().parent.parts[-parents:])
+
+    labels = [label(w, 1) for w in weights]
+    if len(set(labels)) < len(labels):
+        labels = [label(w, 2) for w in weights]
+    if len(set(labels)) < len(labels):
+        labels = [f"{name} #{i + 1}" for i, name in enumerate(labels)]
+    return labels
+
+
+def _one_line(errors: list[dict], name: str | None = None) -> str:
+    """Pydantic's validation errors -> 'saturation: Input should be less than or equal to 4 (got '9')'."""
+    parts = []
+    for err in errors:
+        where = name or str(err["loc"][-1] if err["loc"] else "request")
+        got = f" (got {str(err['input'])[:40]!r})" if isinstance(err.get("input"), (str, int, float)) else ""
+        parts.append(f"{where}: {err['msg']}{got}")
+    return "; ".join(parts).replace("\n", " ")
 
 
 class _InMemoryParser(MultiPartParser):
@@ -66,12 +144,17 @@ async def read_body(request: Request, limit: int, photo_limit: int | None = None
     named = photo_limit or limit
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"upload of {int(declared)} bytes is over this server's limit of {named} bytes")
+        raise HTTPException(413, f"upload of {_over_limit(int(declared), named)}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:  # a chunked body has no Content-Length: stop reading right here
-            raise HTTPException(413, f"upload is over this server's limit of {named} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:  # a chunked body has no Content-Length: stop reading right here
+                raise HTTPException(413, f"upload is over this server's limit of {megabytes(named)}")
+    except ClientDisconnect:
+        # Nobody is left to read an answer; one log line says what happened (Starlette would log a traceback).
+        log.warning("upload abandoned: the client disconnected after sending %s", megabytes(len(body)))
+        raise HTTPException(400, "the client disconnected before the upload was complete") from None
     return bytes(body)
 
 
@@ -95,28 +178,27 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str, dic
     data, name = await upload.read(), upload.filename or "upload"
     await upload.close()
     if len(data) > max_bytes:
-        raise HTTPException(413, f"{name}: {len(data)} bytes is over this server's limit of {max_bytes} bytes")
+        raise HTTPException(413, f"{name}: {_over_limit(len(data), max_bytes)}")
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
     return data, name, fields
 
 
 def decode(data: bytes, name: str, max_pixels: int):
     """Image bytes -> uint8 RGB (H, W, 3), upright; the header is checked before any pixel is decoded."""
+    limit = f"this server accepts at most {pixel_count(max_pixels)} pixels"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as probe:
                 width, height = probe.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise HTTPException(413, f"{name}: too many pixels (decompression bomb?); "
-                                 f"this server accepts at most {max_pixels}") from None
+        raise HTTPException(413, f"{name}: too many pixels (decompression bomb?); {limit}") from None
     except UnidentifiedImageError:
-        raise HTTPException(415, f"{name}: not an image (send JPEG, PNG, WebP, TIFF or BMP)") from None
+        raise HTTPException(415, f"{name}: not an image (send {FORMATS})") from None
     except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for a broken header
         raise HTTPException(422, f"{name}: cannot read the image header ({err})") from None
     if width * height > max_pixels:
-        raise HTTPException(413, f"{name}: {width}x{height} is {width * height} pixels; "
-                                 f"this server accepts at most {max_pixels}")
+        raise HTTPException(413, f"{name}: {width}x{height} is {pixel_count(width * height)} pixels; {limit}")
     try:
         return images.load_rgb_bytes(data, name)
     except images.ImageError as err:
@@ -132,24 +214,40 @@ def encode(rgb, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def _parameter(fields: dict, key: str, default, kind):
-    """A form field overrides the query parameter of the same name."""
-    if key not in fields:
-        return default
-    try:
-        return kind(fields[key])
-    except ValueError:
-        raise HTTPException(422, f"{key}: {fields[key]!r} is not a valid {kind.__name__}") from None
+def _file_name(text: str) -> str:
+    """Safe in a Content-Disposition header and on any file system."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+
+def _error_responses(codes: dict[int, str]) -> dict:
+    responses = {code: {"model": Error, "description": text} for code, text in codes.items()}
+    if 503 in responses:
+        responses[503]["headers"] = {"Retry-After": {"description": "seconds to wait before sending again",
+                                                     "schema": {"type": "integer"}}}
+    return responses
 
 
 def create_app(weights: list[str], max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
-               embedder_weights: str | None = None) -> FastAPI:
-    """The app with one Colorizer per weights file (one or two, compared side by side on the page)."""
+               embedder_weights: str | None = None, max_running: int = MAX_RUNNING,
+               max_waiting: int = MAX_WAITING) -> FastAPI:
+    """The app with one Colorizer per weights file (one or two, compared side by side on the page).
+
+    max_running: photos colorized at once; max_waiting: further requests admitted to wait for them.
+    """
     colorizers = [Colorizer(w, embedder_weights=embedder_weights) for w in weights]
-    busy = threading.BoundedSemaphore(MAX_CONCURRENT)
+    labels = model_labels([c.weights for c in colorizers])
+    # Requests reading their upload, waiting or running; a waiting one holds a worker thread (anyio has 40).
+    admitted = threading.BoundedSemaphore(max_running + max_waiting)
+    busy = threading.BoundedSemaphore(max_running)
     app = FastAPI(title="Koalarization", summary="Colorize photos at their full resolution.",
-                  docs_url="/docs", redoc_url=None)
+                  docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/swagger-ui", StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line_validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        # FastAPI's default is a list of objects; every answer here has the one Error shape.
+        return JSONResponse({"detail": _one_line(err.errors())}, status_code=422)
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -157,51 +255,104 @@ def create_app(weights: list[str], max_upload_bytes: int = MAX_UPLOAD_BYTES, max
         csp = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'"
         return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": csp})
 
-    @app.get("/api/health")
-    def health() -> dict:
-        return {
-            "status": "ok",
-            "models": [{"index": i, "name": c.weights.parent.name, "embedder": c.config.model.embedder,
-                        "image_size": c.size} for i, c in enumerate(colorizers)],
-            "max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "formats": list(MEDIA_TYPES),
-        }
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title="Koalarization API",
+            swagger_js_url="/swagger-ui/swagger-ui-bundle.js", swagger_css_url="/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+            swagger_ui_parameters={"validatorUrl": None})  # the default validator is a remote service
 
-    @app.post("/api/colorize", response_class=Response, openapi_extra=UPLOAD_DOC,
+    @app.get("/api/health")
+    async def health() -> Health:
+        # async: answered on the event loop even while every worker thread is busy with photos.
+        return Health(status="ok", max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                      formats=list(MEDIA_TYPES),
+                      models=[ModelInfo(index=i, label=labels[i], embedder=c.config.model.embedder,
+                                        image_size=c.size) for i, c in enumerate(colorizers)])
+
+    last = len(colorizers) - 1
+    # The form fields obey the same bounds as the query parameters (a field overrides its parameter).
+    form_types = {"saturation": TypeAdapter(Annotated[float, Field(ge=0.0, le=4.0)]),
+                  "model": TypeAdapter(Annotated[int, Field(ge=0, le=last)]), "format": TypeAdapter(Format)}
+    models = ", ".join(f"{i} = {label}" for i, label in enumerate(labels))
+    limits = (f"The photo: {FORMATS}, at most {megabytes(max_upload_bytes)} and {pixel_count(max_pixels)} "
+              f"pixels. Send it as the multipart/form-data file field `image` (form fields `saturation`, "
+              f"`model` and `format` override the query parameters of the same names) or as the raw request "
+              f"body. Models: {models}. At most {max_running} photos are colorized at once and "
+              f"{max_waiting} more wait; past that the answer is 503 with Retry-After.")
+
+    @app.post("/api/colorize", response_class=Response, openapi_extra=_upload_doc(last), description=limits,
               responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()},
                                "description": "the colorized photo, same size as the upload"},
-                         413: {"description": "upload or pixel count over the limit"},
-                         415: {"description": "not an image"}})
-    async def colorize(request: Request,
-                       saturation: float = Query(1.0, ge=0.0, le=4.0, description="0 gray, 1 as predicted"),
-                       model: int = Query(0, ge=0, description="index of the model (see /api/health)"),
-                       format: Literal["png", "jpeg"] = Query("png")):  # noqa: A002 - the API's name
-        data, name, fields = await read_upload(request, max_upload_bytes)
-        saturation = _parameter(fields, "saturation", saturation, float)
-        model = _parameter(fields, "model", model, int)
-        fmt = fields.get("format", format)
-        if not 0.0 <= saturation <= 4.0:
-            raise HTTPException(422, f"saturation: {saturation} is not between 0 and 4")
-        if not 0 <= model < len(colorizers):
-            raise HTTPException(422, f"model: {model} is not one of 0..{len(colorizers) - 1}")
-        if fmt not in MEDIA_TYPES:
-            raise HTTPException(422, f"format: {fmt!r} is not one of {', '.join(MEDIA_TYPES)}")
+                         **_error_responses({
+                             400: "malformed multipart upload, or the client disconnected mid-upload",
+                             413: f"upload over {megabytes(max_upload_bytes)} or photo over "
+                                  f"{pixel_count(max_pixels)} pixels (decompression bombs included)",
+                             415: f"not an image ({FORMATS})",
+                             422: "a broken image, or a parameter out of range",
+                             503: "busy: too many photos in flight; send again after Retry-After seconds"})})
+    async def colorize(
+        request: Request,
+        saturation: float = Query(1.0, ge=0.0, le=4.0, description="0 gray, 1 as predicted"),
+        model: int = Query(0, ge=0, le=last, description=f"index of the model: {models}"),
+        format: Format = Query("png"),  # noqa: A002 - the API's name
+    ):
+        if not admitted.acquire(blocking=False):
+            raise HTTPException(503, f"busy: {max_running} photos are being colorized and {max_waiting} more "
+                                     f"are waiting; send again in {RETRY_AFTER_S} s",
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            data, name, fields = await read_upload(request, max_upload_bytes)
+            options = {"saturation": saturation, "model": model, "format": format}
+            for key in [key for key in options if key in fields]:  # a form field overrides the query parameter
+                try:
+                    options[key] = form_types[key].validate_python(fields[key])
+                except ValidationError as err:
+                    raise HTTPException(422, _one_line(err.errors(), key)) from None
 
-        def work() -> bytes:
-            with busy:  # bounds memory: each photo in flight needs ~25 bytes per pixel
-                rgb = decode(data, name, max_pixels)
-                return encode(colorizers[model].colorize(rgb, saturation), fmt)
+            def work() -> bytes:
+                with busy:  # bounds memory: each photo in flight needs ~25 bytes per pixel
+                    rgb = decode(data, name, max_pixels)
+                    return encode(colorizers[options["model"]].colorize(rgb, options["saturation"]),
+                                  options["format"])
 
-        body = await run_in_threadpool(work)
-        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).stem)[:80] or "photo"
-        extension = "jpg" if fmt == "jpeg" else "png"
-        return Response(body, media_type=MEDIA_TYPES[fmt],
-                        headers={"Content-Disposition": f'inline; filename="{stem}-colorized.{extension}"'})
+            body = await run_in_threadpool(work)
+        finally:
+            admitted.release()
+        stem = _file_name(Path(name).stem)[:80] or "photo"
+        # Two models' results of one photo must not get the same file name.
+        label = "-" + _file_name(labels[options["model"]]) if len(colorizers) > 1 else ""
+        extension = "jpg" if options["format"] == "jpeg" else "png"
+        return Response(body, media_type=MEDIA_TYPES[options["format"]],
+                        headers={"Content-Disposition": f'inline; filename="{stem}-colorized{label}.{extension}"'})
 
     return app
 
 
+def _upload_doc(last_model: int) -> dict:
+    """The request body, for the OpenAPI page (the endpoint parses it itself, in memory)."""
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+            "image": {"type": "string", "format": "binary", "description": FORMATS},
+            "saturation": {"type": "number", "minimum": 0, "maximum": 4},
+            "model": {"type": "integer", "minimum": 0, "maximum": last_model},
+            "format": {"type": "string", "enum": list(MEDIA_TYPES)},
+        }}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    }}}
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def serve(weights: list[str], host: str = "127.0.0.1", port: int = 8000, **app_options) -> None:
-    """Run the app with uvicorn until interrupted."""
+    """Run the app with uvicorn until interrupted (Ctrl-C) or terminated (SIGTERM)."""
     import uvicorn
 
+    # Python's default SIGTERM action ends the process without running atexit handlers, and uvicorn re-raises
+    # the SIGTERM it caught once it has shut down gracefully. TensorFlow deletes its autograph modules
+    # (__autograph_generated_file*.py in TMPDIR) in an atexit handler: leaving through SystemExit runs it.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     uvicorn.run(create_app(weights, **app_options), host=host, port=port, log_level="info")

@@ -19,10 +19,18 @@ let health = null;
 let saturation = 1;
 let queue = Promise.resolve(); // photos are colorized one after another
 let pending = 0;
-const results = []; // {canvas, bitmap, blob, base (ImageData at saturation 1), name, download}
+let failures = new Set(); // why uploads failed since the page was last idle (the server's own messages)
+const results = []; // {canvas, bitmap, blob, base (ImageData at saturation 1), name, label}
 
-const setStatus = (text) => { els.status.textContent = text; };
-const megabytes = (n) => `${(n / 1048576).toFixed(0)} MB`;
+const setStatus = (text, error = false) => {
+  els.status.textContent = text;
+  els.status.classList.toggle("error", error);
+};
+// Limits for people, as the server words them: 33554432 -> "32 MB", 48000000 -> "45.8 MB", 4e7 -> "40 million".
+const oneDecimal = (x) => x.toFixed(1).replace(/\.0$/, "");
+const megabytes = (n) => (n >= 1048576 ? `${oneDecimal(n / 1048576)} MB` : `${oneDecimal(n / 1024)} kB`);
+const millions = (n) => `${oneDecimal(n / 1e6)} million`;
+const safeName = (text) => text.replace(/[^A-Za-z0-9._-]/g, "_");
 
 async function init() {
   try {
@@ -33,19 +41,22 @@ async function init() {
     return;
   }
   els.limits.textContent = `JPEG, PNG, WebP, TIFF or BMP; up to ${megabytes(health.max_upload_bytes)} and ` +
-    `${(health.max_pixels / 1e6).toFixed(0)} megapixels per photo`;
+    `${millions(health.max_pixels)} pixels per photo`;
   els.saturation.disabled = false;
   document.body.dataset.ready = "true";
   setStatus("Ready.");
 }
 
 function addFiles(files) {
+  if (!pending) failures = new Set();
   for (const file of files) {
     pending += 1;
     setStatus(`Colorizing ${pending} photo(s)…`);
     queue = queue.then(() => colorizeFile(file)).finally(() => {
       pending -= 1;
-      setStatus(pending ? `Colorizing ${pending} photo(s)…` : "Done.");
+      if (pending) setStatus(`Colorizing ${pending} photo(s)…`);
+      else if (failures.size) setStatus([...failures].join(" · "), true); // what went wrong, not "Done."
+      else setStatus("Done.");
     });
   }
 }
@@ -63,30 +74,36 @@ async function colorizeFile(file) {
     const pane = els.paneTemplate.content.firstElementChild.cloneNode(true);
     pane.dataset.model = model.index;
     pane.querySelector(".model-name").textContent =
-      health.models.length > 1 ? `Model ${model.index + 1}: ${model.name}` : "Colorized";
+      health.models.length > 1 ? `Model ${model.index + 1}: ${model.label}` : "Colorized";
     card.querySelector(".panes").append(pane);
-    await colorizeWith(file, model.index, pane);
+    await colorizeWith(file, model, pane);
   }
 }
 
 async function colorizeWith(file, model, pane) {
   const status = pane.querySelector(".pane-status");
-  const fail = (message) => { status.textContent = message; status.classList.add("error"); pane.dataset.error = message; };
+  const fail = (message, shown = message) => {
+    failures.add(message);
+    status.textContent = shown;
+    status.classList.add("error");
+    pane.dataset.error = shown;
+  };
   if (file.size > health.max_upload_bytes) {
-    return fail(`${file.name} is ${megabytes(file.size)}; this server accepts up to ${megabytes(health.max_upload_bytes)}.`);
+    return fail(`${file.name}: ${megabytes(file.size)} is over this server's limit of ` +
+      `${megabytes(health.max_upload_bytes)}`);
   }
   const form = new FormData();
   form.append("image", file, file.name);
   let response;
   try {
-    response = await fetch(`/api/colorize?model=${model}&saturation=1&format=png`, { method: "POST", body: form });
+    response = await fetch(`/api/colorize?model=${model.index}&saturation=1&format=png`, { method: "POST", body: form });
   } catch (err) {
-    return fail(`Upload failed (${err}).`);
+    return fail(`${file.name}: upload failed (${err})`);
   }
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
-    const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail ?? response.statusText);
-    return fail(`Error ${response.status}: ${detail}`);
+    const detail = typeof body.detail === "string" ? body.detail : `${file.name}: ${response.statusText}`;
+    return fail(detail, `Error ${response.status}: ${detail}`);
   }
   const blob = await response.blob();
   const bitmap = await createImageBitmap(blob);
@@ -98,6 +115,8 @@ async function colorizeWith(file, model, pane) {
   context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
   const result = {
     canvas, bitmap, blob, name: file.name,
+    // Two models' downloads of one photo must not get the same file name.
+    label: health.models.length > 1 ? `-${safeName(model.label)}` : "",
     base: context.getImageData(0, 0, canvas.width, canvas.height),
   };
   const button = pane.querySelector("button.download");
@@ -143,7 +162,7 @@ async function download(result, button) {
     const suffix = saturation === 1 ? "" : `-saturation${Math.round(saturation * 100)}`;
     const link = document.createElement("a");
     link.href = URL.createObjectURL(blob);
-    link.download = `${stem}-colorized${suffix}.png`;
+    link.download = `${stem}-colorized${result.label}${suffix}.png`;
     document.body.append(link);
     link.click();
     link.remove();
