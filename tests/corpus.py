@@ -8,7 +8,7 @@ Each Case says what every command must do with it (docs/robustness.md shows the 
     "ok"    processed (after conversion to RGB and EXIF rotation), output of the photo's upright size
     "skip"  left out with one warning line naming the file and `reason`; the run goes on
     "error" the photo was not processed because the command cannot use it at all
-    "n/a"   the case cannot happen there (an upload has no file name on disk, no permissions, no links)
+    "n/a"   the case cannot happen there (an upload has no file name on disk, no permissions, no links, no file type)
 For a single-file command (`colorize FILE`, `test --data FILE`) a "skip" becomes one error line naming the
 file and the reason, and exit status 1. `web` is an upload to the API: "ok" = colorized, "error" = a 4xx
 with a one-line message. Linux only: a FIFO and a link to /dev/zero (and write_non_utf8_photo's name).
