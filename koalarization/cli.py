@@ -145,11 +145,11 @@ def _prepare(args) -> int:
 
 
 def _test(args) -> int:
-    from koalarization.evaluate import evaluate
+    from koalarization.evaluate import evaluate, format_summary
 
     summary = evaluate(args.data, serving_cli.shipped_or(args.weights), args.output, batch_size=args.batch_size,
                        embedder_weights=args.embedder_weights, limit=args.limit, grid_rows=args.grid_rows)
-    print(json.dumps(summary))
+    print(format_summary(summary, args.output))
     return 0
 
 

@@ -178,7 +178,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files, folders (recursive) and globs -> photo paths, in order, without duplicates."""
     found: list[Path] = []
     for item in inputs:
-        if Path(item).exists():
+        if os.path.lexists(item):  # lexists: a FIFO, a device or a broken link given directly is named as such
             found.extend(images.find_images(item))
             continue
         matches = sorted(glob.glob(item, recursive=True)) if any(c in item for c in "*?[") else []
@@ -189,28 +189,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 found.append(Path(match))
         if not matches:
             raise KoalarizationError(f"INPUT {item}: no such file or folder, and no photo matches it")
-    unique: dict[Path, Path] = {}
+    unique: dict[str, Path] = {}
     for p in found:
-        unique.setdefault(_real(p), p)  # the first name of each file, in order
+        # realpath, not Path.resolve(): no RuntimeError on a symlink loop (the loop is skipped later, by name)
+        unique.setdefault(os.path.realpath(p), p)  # the first name of each file, in order
     return list(unique.values())
-
-
-def _real(path: Path) -> Path:
-    """Path.resolve() without its RuntimeError on a symlink loop (the loop is skipped later, by name)."""
-    return Path(os.path.realpath(path))
-
-
-def output_paths(paths: list[Path], out_dir: Path) -> list[Path]:
-    """NAME.png per input; NAME-1.png, ... on a clash (case-insensitively), never an input file itself."""
-    inputs, used, result = {_real(p) for p in paths}, set(), []
-    for path in paths:
-        name, i = f"{path.stem}.png", 0
-        while name.lower() in used or _real(out_dir / name) in inputs:
-            i += 1
-            name = f"{path.stem}-{i}.png"
-        used.add(name.lower())
-        result.append(out_dir / name)
-    return result
 
 
 def colorize_files(inputs: list[str], weights, out_dir, size=None, saturation=1.0, batch_size=8,
@@ -227,8 +210,8 @@ def colorize_files(inputs: list[str], weights, out_dir, size=None, saturation=1.
     except OSError as err:
         raise KoalarizationError(f"--out {out_dir}: cannot create ({err.strerror or err})") from None
     colorizer = Colorizer(weights, size, embedder_weights)
-    targets = dict(zip(paths, output_paths(paths, out_dir)))
-    done = skipped = 0
+    targets = {path: out_dir / name for path, name in zip(paths, images.output_names(paths, [out_dir]))}
+    skipped, done = images.SkipLog(log), 0
     with logging_redirect_tqdm(), tqdm(total=len(paths), unit="photo", disable=len(paths) < 2) as bar:
         for first in range(0, len(paths), max(1, batch_size)):
             batch = []
@@ -238,17 +221,17 @@ def colorize_files(inputs: list[str], weights, out_dir, size=None, saturation=1.
                 except images.ImageError as err:
                     if len(paths) == 1:  # one photo asked for: its problem is the command's error
                         raise
-                    log.warning("skipped %s", err)
-                    skipped += 1
+                    skipped.add(err)
                     bar.update(1)
             results = colorizer.colorize_many([rgb for _, rgb in batch], saturation)
             for (path, _), rgb in zip(batch, results):
                 images.save_png_atomic(rgb, targets[path])
                 done += 1
                 bar.update(1)
+    skipped.close()
     if not done:
         raise KoalarizationError(f"INPUT {' '.join(inputs)}: none of the {len(paths)} photos could be read")
-    return {"colorized": done, "skipped": skipped, "out": str(out_dir),
+    return {"colorized": done, "skipped": skipped.count, "out": str(out_dir),
             "seconds": round(time.perf_counter() - start, 2)}
 
 

@@ -4,11 +4,14 @@ For each photo (squashed to the network size S x S, as in training), writes
     predicted/NAME.png   L of the photo + predicted ab
     bw/NAME.png          L of the photo, ab = 0 (the gray baseline every number must beat)
     actual/NAME.png      the photo itself
-`grid.png` (bw | predicted | actual rows for a sample, captioned with PSNR), `metrics.csv` (per photo:
-PSNR and SSIM on RGB against the photo, colourfulness, the frame statistic; the same for the gray baseline
-and the photo) and `summary.json` (the means over the photos that have colour; photos that are gray
-themselves, by file mode or by content, are listed in metrics.csv and counted as `n_gray_truth`).
-PSNR/SSIM come from scikit-image.
+NAME.png is the photo's own name (`images.output_names`, as `colorize` names them): a.png and a.tif give
+a.png and a-1.png. `metrics.csv` (per photo: the file, its output NAME.png, PSNR and SSIM on RGB against the
+photo, colourfulness, the frame statistic; the same for the gray baseline and the photo) grows by a batch of
+rows as each batch is done, so a run that fails or is killed later keeps the rows of the photos already
+written. Then `summary.json` (the means over the photos that have colour; photos that are gray themselves,
+by file mode or by content, are listed in metrics.csv and counted as `n_gray_truth`) and last `grid.png`
+(bw | predicted | actual rows for a sample, captioned with PSNR). PSNR/SSIM come from scikit-image;
+`format_summary` is what `test` prints for people.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +84,15 @@ def test_files(data: str | Path, weights: str | Path) -> list[Path]:
     return images.find_images(data)
 
 
-def _output_name(path: Path, root: Path) -> str:
-    try:
-        rel = path.relative_to(root) if root.is_dir() else Path(path.name)
-    except ValueError:
-        rel = Path(path.name)
-    return "__".join(rel.with_suffix("").parts) + ".png"
+def _append_rows(path: Path, rows: list[dict]) -> None:
+    """Append `rows` to the CSV file `path`, with the header when the file is new. Always UTF-8 (names are
+    `images.display_name`s, valid UTF-8 whatever bytes the file names hold), whatever the locale."""
+    new = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
 
 
 def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=None, grid_rows=8) -> dict:
@@ -103,8 +108,11 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
     output = Path(output)
     for folder in OUTPUT_FOLDERS:
         (output / folder).mkdir(parents=True, exist_ok=True)
+    out_names = dict(zip(files, images.output_names(files, [output / folder for folder in OUTPUT_FOLDERS])))
+    metrics = output / "metrics.csv"
+    metrics.unlink(missing_ok=True)  # rows are appended batch by batch: none from an earlier run
 
-    rows, skipped = [], 0
+    rows, skipped = [], images.SkipLog(log)
     for start in tqdm(range(0, len(files), batch_size), desc="test", unit="batch", leave=False):
         batch, for_embedder, gray, names = [], [], [], []
         for path in files[start : start + batch_size]:
@@ -114,12 +122,11 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
                 batch.append(small)
                 for_embedder.append(seen)
                 gray.append(is_gray)
-                names.append((path, _output_name(path, Path(data))))
+                names.append((path, out_names[path]))
             except images.ImageError as err:
                 if len(files) == 1:  # one photo asked for: its problem is the command's error
                     raise
-                log.warning("skipping %s", err)
-                skipped += 1
+                skipped.add(err)
         if not batch:
             continue
         actual = np.stack(batch)
@@ -135,29 +142,53 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
             psnr, ssim = image_metrics(actual[i], predicted[i])
             gray_psnr, gray_ssim = image_metrics(actual[i], bw[i])
             rows.append({
-                "file": str(path), "psnr": psnr, "ssim": ssim, "colorfulness": colorfulness(predicted[i]),
+                "file": images.display_name(path), "output": images.display_name(name),
+                "psnr": psnr, "ssim": ssim, "colorfulness": colorfulness(predicted[i]),
                 "gray_psnr": gray_psnr, "gray_ssim": gray_ssim, "gt_colorfulness": colorfulness(actual[i]),
                 "frame": frame_statistic(predicted[i]), "gt_frame": frame_statistic(actual[i]),
                 "gray_truth": bool(chroma[i] < 1.0 or gray[i]),
             })
             if path in in_grid:
-                grid.append({"name": path.name, "bw": bw[i], "predicted": predicted[i], "actual": actual[i],
-                             "psnr": psnr, "gray_psnr": gray_psnr})
+                grid.append({"name": images.display_name(path.name), "bw": bw[i], "predicted": predicted[i],
+                             "actual": actual[i], "psnr": psnr, "gray_psnr": gray_psnr})
+        _append_rows(metrics, rows[-len(names):])
+    skipped.close()
     if not rows:
         raise KoalarizationError(f"--data {data}: none of the {len(files)} photos could be read")
 
-    tmp = output / ".metrics.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, output / "metrics.csv")
     # Photos that are gray themselves have no colour to recover, and the gray baseline reproduces them
     # exactly (infinite PSNR): the means cover the colour photos; metrics.csv lists every photo.
     scored = [r for r in rows if not r["gray_truth"]] or rows
     summary = {"n_images": len(scored)}
     summary.update({k: float(np.nanmean([r[k] for r in scored])) for k in SUMMARY_KEYS[1:]})
-    summary.update(n_gray_truth=len(rows) - len(scored) if scored is not rows else 0, skipped=skipped)
-    plot_grid(grid, output / "grid.png")
+    summary.update(n_gray_truth=len(rows) - len(scored) if scored is not rows else 0, skipped=skipped.count)
     write_text_atomic(output / "summary.json", json.dumps(summary, indent=2))
+    plot_grid(grid, output / "grid.png")  # last: a picture that fails must not cost the numbers
     return summary
+
+
+def format_summary(summary: dict, output: str | Path) -> str:
+    """The lines `test` prints for people: our means against the gray baseline's, which is better, how many
+    photos, and where the outputs are (summary.json keeps every number)."""
+    counts = [f"means over {summary['n_images']} photo(s)"]
+    if summary["n_gray_truth"]:
+        counts.append(f"{summary['n_gray_truth']} gray photo(s) left out of the means")
+    if summary["skipped"]:
+        counts.append(f"{summary['skipped']} file(s) skipped")
+    lines = ["; ".join(counts), f"{'':15}{'ours':>8}{'gray baseline':>15}  ours vs gray"]
+    for label, key, digits in (("PSNR (dB)", "psnr", 2), ("SSIM", "ssim", 3)):
+        ours, gray = summary[key], summary[f"gray_{key}"]
+        lines.append(f"{label:15}{ours:>8.{digits}f}{gray:>15.{digits}f}  {_verdict(ours, gray)}")
+    # The gray baseline has no colour: colourfulness 0 (Hasler & Suesstrunk's measure of a gray image). Ours
+    # is better when it is nearer the photos' own colourfulness than 0 is.
+    ours, photos = summary["colorfulness"], summary["gt_colorfulness"]
+    lines.append(f"{'colourfulness':15}{ours:>8.1f}{0.0:>15.1f}  {_verdict(-abs(ours - photos), -photos)} "
+                 f"(the photos: {photos:.1f})")
+    folders = "".join(f"{folder}/, " for folder in OUTPUT_FOLDERS)
+    lines.append(f"outputs in {images.display_name(output)}: {folders}metrics.csv (per photo), summary.json, grid.png")
+    return "\n".join(lines)
+
+
+def _verdict(ours: float, gray: float) -> str:
+    """Higher is better."""
+    return "better" if ours > gray else "worse" if ours < gray else "same"

@@ -20,6 +20,7 @@ import csv
 import hashlib
 import logging
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from koalarization import backup, cache, checkpoint, color, distribute, sources
+from koalarization import backup, cache, checkpoint, color, distribute, images, sources
 from koalarization.callbacks import CurvesPlot, ValidationImages
 from koalarization.config import OPTIMIZERS, PRECISIONS, RunConfig
 from koalarization.data import SPLIT_FILE, BatchSource, EpochSetter, Split, make_split
@@ -85,11 +86,10 @@ def _split_for(cfg: RunConfig, output: Path, store: cache.Cache) -> tuple[Split,
         if set(split.train + split.val + split.test) <= set(usable):
             return split, len(skipped)
         log.warning("%s lists photos that are not among these photos; making a new split", split_file)
-    for path, reason in skipped[:5]:
-        log.warning("skipping %s: %s", path, reason)
-    if skipped:
-        log.warning("skipped %d of %d files (gray or unreadable)%s", len(skipped), len(store.photos),
-                    f"; the first 5 are listed above, all in {split_file}" if len(skipped) > 5 else "")
+    skips = images.SkipLog(log, "files (gray or unreadable)")
+    for path, reason in skipped:
+        skips.add(f"{images.display_name(path)}: {reason}")
+    skips.close()
     if not usable:
         raise KoalarizationError("data: no usable colour photos found")
     split = make_split(usable, t.val_fraction, t.test_fraction, t.seed, sources=t.data + t.data_list)
@@ -202,7 +202,7 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
 
     # Weights, optimizer (learning rate included), position and callback state; every worker takes the chief's.
     start = backup.restore(model, output / BACKUP_DIR) if resuming else backup.Start()
-    photos = "\n".join(str(p.relative_to(split.root)) for p in split.train + split.val).encode()
+    photos = b"\n".join(os.fsencode(p.relative_to(split.root)) for p in split.train + split.val)
     trained = colorizer_of(model).variables + model.optimizer.variables
     start = place.sync(trained, start, hashlib.sha256(photos).hexdigest())
     if resuming:
