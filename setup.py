@@ -1,6 +1,22 @@
+import os
 from pathlib import Path
 
 from setuptools import find_packages, setup
+
+# TensorFlow is the default Keras backend (and runs tf.distribute, SavedModel export and TensorBoard); the
+# CPU wheel is a third of the size. KOALARIZATION_BACKEND=jax installs JAX instead, for machines without
+# TensorFlow (run with KERAS_BACKEND=jax).
+BACKENDS = {
+    "tensorflow": [
+        "tensorflow-cpu>=2.19; platform_machine=='x86_64' or platform_machine=='AMD64'",
+        "tensorflow>=2.19; platform_machine!='x86_64' and platform_machine!='AMD64'",
+        "tensorboard>=2.19",
+    ],
+    "jax": ["jax>=0.4.30"],
+}
+BACKEND = os.environ.get("KOALARIZATION_BACKEND", "tensorflow")
+if BACKEND not in BACKENDS:
+    raise SystemExit(f"KOALARIZATION_BACKEND={BACKEND}: choose one of {', '.join(BACKENDS)}")
 
 setup(
     name="koalarization",
@@ -17,10 +33,7 @@ setup(
     package_data={"koalarization.web.static": ["*"], "koalarization.weights": ["colorize.weights.h5", "config.json"]},
     install_requires=[
         "keras>=3.10",
-        # TensorFlow is the default backend (and runs tf.distribute); the CPU wheel is a third of the size.
-        "tensorflow-cpu>=2.19; platform_machine=='x86_64' or platform_machine=='AMD64'",
-        "tensorflow>=2.19; platform_machine!='x86_64' and platform_machine!='AMD64'",
-        "tensorboard>=2.19",
+        *BACKENDS[BACKEND],
         "numpy>=1.26",
         "pillow>=10.0",
         "scikit-image>=0.22",

@@ -1,7 +1,9 @@
-"""Callbacks beyond Keras' own: learning-curve plots and colorized validation photos in TensorBoard."""
+"""Callbacks beyond Keras' own: learning-curve plots, a validation curve within epochs, and colorized
+validation photos in TensorBoard."""
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import keras
 import numpy as np
 
 from koalarization import color
+from koalarization.io import atomic_path
 from koalarization.plots import plot_curves
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,54 @@ class CurvesPlot(keras.callbacks.Callback):
             plot_curves(self.log_csv, self.out_png)
         except (OSError, ValueError, KeyError) as err:  # a plot must never stop training
             log.warning("could not draw %s: %s", self.out_png, err)
+
+
+class ValidationCurve(keras.callbacks.Callback):
+    """Measures the loss on the validation photos every `every_steps` optimizer steps and appends
+    (step, photos seen, val_loss) to a CSV: on a large data set an epoch is hours, and this curve says
+    within one whether more data or more steps still help. `start_step`: steps done before this `fit`
+    (a resumed run); rows past it, from a run killed before its backup, are dropped first."""
+
+    FIELDS = ("step", "photos", "val_loss")
+
+    def __init__(self, source, every_steps: int, csv_path: str | Path, batch_size: int, steps_per_epoch: int,
+                 start_step: int = 0, write: bool = True):
+        super().__init__()
+        self.source, self.every, self.path, self.write = source, every_steps, Path(csv_path), write
+        self.batch_size, self.steps_per_epoch, self.step = batch_size, steps_per_epoch, start_step
+        if write:
+            rows = self.rows(self.path)
+            kept = [r for r in rows if int(r["step"]) <= start_step]
+            if len(kept) < len(rows) or not self.path.is_file():
+                self._write(kept)
+
+    @classmethod
+    def rows(cls, path: Path) -> list[dict]:
+        try:
+            with open(path, newline="") as f:
+                return list(csv.DictReader(f))
+        except OSError:
+            return []
+
+    def _write(self, rows) -> None:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every or self.step % self.steps_per_epoch == 0:  # epoch ends are validated anyway
+            return
+        loss = float(np.ravel(self.model.evaluate(self.source, verbose=0))[0])
+        if self.write:
+            self._write(self.rows(self.path) + [{"step": self.step, "photos": self.step * self.batch_size,
+                                                  "val_loss": loss}])
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.write and logs and "val_loss" in logs:
+            self._write(self.rows(self.path) + [{"step": self.step, "photos": self.step * self.batch_size,
+                                                  "val_loss": float(logs["val_loss"])}])
 
 
 class ValidationImages(keras.callbacks.Callback):

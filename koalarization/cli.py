@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import typing
 
@@ -174,6 +175,22 @@ COMMANDS = {
 }
 
 
+def as_flags(message: str) -> str:
+    """Library errors name config fields (`learning_rate`); people type flags (`--learning-rate`). Names
+    with an underscore are unambiguous anywhere in the message; a one-word name (`data`, `optimizer`) is a
+    field only where the message starts with it ("optimizer sgd: choose one of ...")."""
+    from koalarization.config import AugmentConfig, ModelConfig, TrainConfig
+
+    names = {f.name for cls in (ModelConfig, TrainConfig, AugmentConfig) for f in dataclasses.fields(cls)}
+    names.discard("enabled")
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    head, _, rest = message.partition(" ")
+    if head.rstrip(":") in names and rest:
+        message = f"{flag(head.rstrip(':'))}{head[len(head.rstrip(':')):]} {rest}"
+    return re.sub(r"(?<![\w\-/.])([a-z]+(?:_[a-z]+)+)\b(?![/.])",
+                  lambda m: flag(m.group(1)) if m.group(1) in names else m.group(1), message)
+
+
 def _import_keras_quietly() -> None:
     """Import Keras (and so TensorFlow) with file descriptor 2 pointed at /dev/null, then restore it.
 
@@ -211,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KoalarizationError as err:
-        print(f"koalarization {args.command}: error: {err}", file=sys.stderr)
+        print(f"koalarization {args.command}: error: {as_flags(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"koalarization {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -132,6 +132,8 @@ class TrainConfig:
     min_learning_rate: float = option(1e-8, "floor of the learning rate")
     backup_every_steps: int | None = option(None, "also back up every N steps, not only every epoch",
                                             metavar="N")
+    validate_every_steps: int | None = option(None, "also measure val_loss every N steps, into curve.csv "
+                                                    "(an epoch of a large data set is hours)", metavar="N")
     cache: str | None = option(None, "cache folder of decoded photos and embeddings (default: automatic, "
                                      "under ~/.cache/koalarization)", metavar="DIR")
     precision: str = option("float32", "Keras dtype policy", choices=PRECISIONS)

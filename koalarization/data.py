@@ -153,6 +153,11 @@ class BatchSource(keras.utils.PyDataset):
             return np.eye(2)
         return random_affine(np.random.default_rng([self.seed, epoch, position, 1]), self.augment)
 
+    def sample(self, epoch: int, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `position`-th photo of `epoch`: (uint8 (S, S, 3), embedding float32 (D,))."""
+        row = self.rows[self._order(epoch)[position]]
+        return self.cache.photo(row), self.cache.embedding(row)
+
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
@@ -170,11 +175,8 @@ class BatchSource(keras.utils.PyDataset):
         embedding = np.zeros((count, dim), np.float32)
         affine = np.tile(np.eye(2, dtype=np.float32), (count, 1, 1))
         weight = np.zeros((count, 1, 1), np.float32)  # (B, 1, 1): broadcasts over the per-pixel loss
-        order = self._order(epoch)
         for i, p in enumerate(positions):
-            row = self.rows[order[p]]
-            rgb[i], embedding[i], affine[i], weight[i] = self.cache.photo(row), self.cache.embedding(row), \
-                self.matrix(epoch, p), 1.0
+            (rgb[i], embedding[i]), affine[i], weight[i] = self.sample(epoch, p), self.matrix(epoch, p), 1.0
         return ({"rgb": rgb, "affine": affine, "embedding": embedding, "weight": weight},)
 
 

@@ -2,13 +2,17 @@
 
 Both hold the full model (embedder included) with the contract of `model.build_model`:
 
-    input  "L"   (B, S, S, 1) float32, L / 50 - 1 in [-1, 1]   (S = the trained image_size, in config.json)
-    output       (B, S, S, 2) float32, ab / 128 in [-1, 1]
+    input  "L"            (B, S, S, 1) float32, L / 50 - 1 in [-1, 1]: the photo squashed to S x S (S: any
+                          multiple of 8; the trained size, `train.image_size` in config.json, works best)
+    input  "L_embedder"   (B, R, R, 1) float32, the same for the photo squashed to the embedder's
+                          resolution R (224 for efficientnet_lite*, 299 for inception_resnet_v2)
+    output                (B, S, S, 2) float32, ab / 128 in [-1, 1]
 
-A caller does what `colorize.Colorizer` does around it: squash the photo to S x S, compute L, run the model,
-upsample ab to the photo's size and join it with the photo's own L (docs/colorize.md).
+A caller does what `colorize.Colorizer` does around it: squash the photo to S x S and R x R, compute L, run
+the model, upsample ab to the photo's size and join it with the photo's own L (docs/colorize.md).
 
-SavedModel: Keras 3's `model.export(format="tf_saved_model")`; load with `tf.saved_model.load(path).serve(L)`.
+SavedModel: Keras 3's `model.export(format="tf_saved_model")`; load with
+`tf.saved_model.load(path).serve({"L": ..., "L_embedder": ...})`.
 ONNX: Keras 3's `model.export(format="onnx")`, which converts through tf2onnx on the TensorFlow backend
 (pip install tf2onnx onnx; onnxruntime to run it).
 """
@@ -57,9 +61,12 @@ def export(weights: str | Path, fmt: str, out: str | Path, embedder_weights: str
     out = Path(out)
     if out.parent and not out.parent.exists():
         raise KoalarizationError(f"--out {out}: folder {out.parent} does not exist")
+    from koalarization.embedding import get_spec
+
     model, cfg = load_trained(weights, embedder_weights)
-    size = cfg.model.image_size
-    model(np.zeros((1, size, size, 1), np.float32))  # Keras' ONNX export refuses a model never called
+    size, resolution = cfg.train.image_size, get_spec(cfg.model.embedder).resolution
+    # Keras' ONNX export refuses a model never called
+    model({"L": np.zeros((1, size, size, 1), np.float32), "L_embedder": np.zeros((1, resolution, resolution, 1), np.float32)})
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         # Keras prints the whole signature while exporting; the CLI prints one line instead.

@@ -3,8 +3,9 @@ runs on any Keras backend and on the accelerator).
 
 The input threads only read uint8 photos and their cached embeddings (data.BatchSource); everything else
 happens here, once per batch. The augmentation matrices are drawn on the host (data.random_affine) so a
-batch stays a pure function of (seed, epoch, index); the warp is `keras.ops.image.affine_transform`
-(bilinear), the Lab arithmetic is color.py's with xp=keras.ops.
+batch stays a pure function of (seed, epoch, index); the warp is bilinear sampling written in keras.ops
+(`warp`: keras.ops.image.affine_transform does the same, but TensorFlow's kernel for it cannot be compiled
+with XLA, so a jit-compiled train step could not hold it); the Lab arithmetic is color.py's, xp=keras.ops.
 
     build_training_model(cfg, D, fill)
         {"rgb": uint8 (B, S, S, 3) unwarped, "affine": float32 (B, 2, 2) data.random_affine's matrices,
@@ -36,6 +37,43 @@ def affine_params(matrix, size: int, xp=np):
     return xp.stack([a, b, c, d, e, f, zeros, zeros], axis=-1)
 
 
+def _fold(x, size: int, fill: str):
+    """Pixel-index coordinates -> coordinates inside [0, size - 1]: "nearest" repeats the edge pixel,
+    "reflect" mirrors the photo about its edge (d c b a | a b c d | d c b a, Keras' "reflect")."""
+    if fill == "reflect":
+        period = 2.0 * size
+        y = ops.mod(x + 0.5, period)  # mod of a float: the result has the divisor's sign, so y in [0, 2S)
+        x = ops.where(y > size, period - y, y) - 0.5
+    return ops.clip(x, 0.0, size - 1.0)
+
+
+def warp(rgb, affine, fill: str = "nearest"):
+    """uint8 or float RGB (B, S, S, 3) and data.random_affine's matrices (B, 2, 2) -> float32 (B, S, S, 3):
+    output pixel (x, y) is the bilinear sample of the input at affine_params' (a0 x + a1 y + a2, ...)."""
+    x = ops.cast(rgb, "float32")
+    size = x.shape[1]
+    params = affine_params(ops.cast(affine, "float32"), size, xp=ops)  # (B, 8)
+    index = ops.cast(ops.arange(size), "float32")
+    grid_x, grid_y = index[None, None, :], index[None, :, None]  # (1, 1, S), (1, S, 1)
+    p = [params[:, k][:, None, None] for k in range(6)]
+    src_x = _fold(p[0] * grid_x + p[1] * grid_y + p[2], size, fill)  # (B, S, S)
+    src_y = _fold(p[3] * grid_x + p[4] * grid_y + p[5], size, fill)
+    x0, y0 = ops.floor(src_x), ops.floor(src_y)
+    wx, wy = (src_x - x0)[..., None], (src_y - y0)[..., None]
+    x0, y0 = ops.cast(x0, "int32"), ops.cast(y0, "int32")
+    x1, y1 = ops.minimum(x0 + 1, size - 1), ops.minimum(y0 + 1, size - 1)
+    flat = ops.reshape(x, (-1, size * size, 3))
+
+    def at(ys, xs):  # (B, S, S) indices -> (B, S, S, 3) pixels
+        positions = ops.reshape(ys * size + xs, (-1, size * size, 1))
+        return ops.reshape(ops.take_along_axis(flat, ops.repeat(positions, 3, axis=-1), axis=1),
+                           (-1, size, size, 3))
+
+    top = at(y0, x0) * (1.0 - wx) + at(y0, x1) * wx
+    bottom = at(y1, x0) * (1.0 - wx) + at(y1, x1) * wx
+    return top * (1.0 - wy) + bottom * wy
+
+
 @keras.saving.register_keras_serializable(package="koalarization")
 class Preprocess(keras.layers.Layer):
     """(rgb uint8 (B, S, S, 3), affine (B, 2, 2)) -> (L (B, S, S, 1) in [-1, 1], ab (B, S, S, 2) in about
@@ -48,9 +86,7 @@ class Preprocess(keras.layers.Layer):
         self.fill = fill
 
     def call(self, rgb, affine):
-        x = ops.cast(rgb, "float32")
-        transform = affine_params(ops.cast(affine, "float32"), x.shape[1], xp=ops)
-        x = ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode=self.fill)
+        x = warp(rgb, affine, self.fill)
         lab = color.rgb_to_lab(ops.clip(x, 0.0, 255.0) / 255.0, xp=ops)
         return color.scale_l(lab[..., :1], xp=ops), color.scale_ab(lab[..., 1:], xp=ops)
 

@@ -7,6 +7,7 @@ epochs read it back. Files in the output folder:
     colorize.weights.h5    best colorizer weights by val_loss (ModelCheckpoint, written atomically)
     log.csv                loss, val_loss and learning rate per epoch (appended across resumed runs)
     curves.png             the same as a picture, redrawn every epoch
+    curve.csv              val_loss against photos seen, every validate_every_steps steps (when set)
     logs/                  TensorBoard events: scalars, and colorized validation photos every epoch
     backup/                backup.py's state while a run is unfinished: rerunning resumes from it, mid-epoch
 
@@ -29,7 +30,7 @@ import keras
 import numpy as np
 
 from koalarization import backup, cache, checkpoint, color, distribute, images, sources
-from koalarization.callbacks import CurvesPlot, ValidationImages
+from koalarization.callbacks import CurvesPlot, ValidationCurve, ValidationImages
 from koalarization.config import OPTIMIZERS, PRECISIONS, RunConfig
 from koalarization.data import SPLIT_FILE, BatchSource, EpochSetter, Split, make_split
 from koalarization.errors import KoalarizationError
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 LOG_FILE = "log.csv"
 CURVES_FILE = "curves.png"
+CURVE_FILE = "curve.csv"
 BACKUP_DIR = "backup"
 
 
@@ -118,10 +120,10 @@ def _check_resumable(cfg: RunConfig, output: Path) -> bool:
 
 
 def build_callbacks(cfg, output, colorizer, batch_sources, val_batch, extra=(), start=backup.Start(), steps=1,
-                    chief=True):
+                    chief=True, val_data=None):
     """The recipe's callbacks. batch_sources: the BatchSources to tell the epoch; val_batch: (L, embedding,
     ab) photos shown in TensorBoard; start, steps: where this `fit` starts, and batches per epoch; chief:
-    False on the other workers of a multi-worker job (no logs)."""
+    False on the other workers of a multi-worker job (no logs); val_data: what `fit` validates on."""
     t = cfg.train
     best = checkpoint.ColorizerCheckpoint(
         colorizer,
@@ -151,6 +153,9 @@ def build_callbacks(cfg, output, colorizer, batch_sources, val_batch, extra=(), 
             callbacks.append(keras.callbacks.TensorBoard(str(output / "logs"), write_graph=False))
     if keras.backend.backend() == "tensorflow":  # on every worker: its predict is a collective operation
         callbacks.append(ValidationImages(output / "logs", colorizer, *val_batch))
+    if t.validate_every_steps:
+        callbacks.append(ValidationCurve(val_data, t.validate_every_steps, output / CURVE_FILE,
+                                         t.batch_size, steps, start.epoch * steps + start.batch, write=chief))
     # After the callbacks whose state (and learning rate) it backs up; before `extra`, which may stop the run.
     callbacks.append(backup.StepBackup(
         output / BACKUP_DIR, steps, t.backup_every_steps, start, (best, early_stopping, reduce_lr), write=chief
@@ -222,7 +227,7 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
         train_data, train_views = place.feed(train_source.view(pad=place.replicas > 1, start=skip), (first, last))
         val_data, val_views = place.feed(val_source)
         cbs = build_callbacks(cfg, output, colorizer_of(model), train_views + val_views, val_batch,
-                              callbacks, start, len(train_source), place.cluster.is_chief)
+                              callbacks, start, len(train_source), place.cluster.is_chief, val_data)
         # shuffle=False: the source shuffles per (seed, epoch); Keras would also reorder a PyDataset's batches
         # with Python's global random state, which a resumed run cannot reproduce.
         history = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=last, shuffle=False,

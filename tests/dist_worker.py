@@ -35,19 +35,19 @@ from koalarization.model import colorizer_of  # noqa: E402
 from koalarization.train import train  # noqa: E402
 
 TINY = dict(  # tests/conftest.py: tiny_model_config
-    image_size=32, encoder=((8, 2), (8, 1), (16, 2), (16, 1), (16, 2), (16, 1), (16, 1), (8, 1)),
+    encoder=((8, 2), (8, 1), (16, 2), (16, 1), (16, 2), (16, 1), (16, 1), (8, 1)),
     fusion_filters=8, decoder=(16, UP, 8, UP, 8, 8), embedder="tiny_random",
 )
-SERVED: list = []  # (epoch, photo, weight) of every training sample decoded
+SERVED: list = []  # (epoch, photo, weight) of every training sample read
 IMPORTED = time.monotonic() - STARTED
 _sample = data.BatchSource.sample
 
 
 def recording_sample(self, epoch, position):
-    rgb, weight = _sample(self, epoch, position)
+    photo = _sample(self, epoch, position)
     if self.shuffle:  # the training source; validation is not shuffled
-        SERVED.append((int(epoch), self.files[self._order(epoch)[position]].name, weight))
-    return rgb, weight
+        SERVED.append((int(epoch), self.files[self._order(epoch)[position]].name, 1.0))
+    return photo
 
 
 class Recorder(keras.callbacks.Callback):

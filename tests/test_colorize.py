@@ -22,12 +22,11 @@ from conftest import synthetic_photo
 def make_weights(folder: Path, ab_bias=(0.4, -0.3)) -> Path:
     """A tiny trained-looking run (weights + config.json) whose output layer's bias pushes ab to a clearly
     visible colour (about a = +49, b = -37 for the default), so a colour result is never near-gray by chance."""
-    from koalarization.config import UP, ModelConfig, RunConfig
+    from koalarization.config import UP, ModelConfig, RunConfig, TrainConfig
     from koalarization.embedding import build_embedder
     from koalarization.model import build_model, colorizer_of
 
     cfg = ModelConfig(
-        image_size=32,
         encoder=((8, 2), (8, 1), (16, 2), (16, 1), (16, 2), (16, 1), (16, 1), (8, 1)),
         fusion_filters=8, decoder=(16, UP, 8, UP, 8, 8), embedder="tiny_random",
     )
@@ -36,7 +35,7 @@ def make_weights(folder: Path, ab_bias=(0.4, -0.3)) -> Path:
     out_layer.set_weights([out_layer.get_weights()[0], np.asarray(ab_bias, np.float32)])
     folder.mkdir(parents=True, exist_ok=True)
     colorizer.save_weights(folder / "colorize.weights.h5")
-    (folder / "config.json").write_text(RunConfig(model=cfg).to_json())
+    (folder / "config.json").write_text(RunConfig(model=cfg, train=TrainConfig(image_size=32)).to_json())
     return folder / "colorize.weights.h5"
 
 

@@ -208,25 +208,28 @@ def test_workers_take_the_chiefs_state_and_refuse_other_photos():
             assert all(isinstance(r, KoalarizationError) and "different photos" in str(r) for r in results)
 
 
-def test_shards_split_every_batch_once_and_pad_with_weight_zero(photo_dir):
+def test_shards_split_every_batch_once_and_pad_with_weight_zero(photo_dir, tmp_path):
+    from koalarization import cache
+
     files = sorted(photo_dir.rglob("*.*"))[:7]
-    source = BatchSource(files, 4, 32, seed=3)
+    store = cache.build(files, tmp_path / "cache", 32, "tiny_random", progress=False)
+    source = BatchSource(store, files, 4, seed=3)
     source.set_epoch(1)
-    whole = [source[i] for i in range(len(source))]  # batches of 4 and 3
+    whole = [source[i][0] for i in range(len(source))]  # batches of 4 and 3
     views = [source.view(shard=(k, 2)) for k in range(2)]
     for view in views:
         view.set_epoch(1)
-    for i, (lightness, _, weight) in enumerate(whole):
-        parts = [view[i] for view in views]
-        assert all(p[0].shape[0] == 2 for p in parts)  # every replica gets 2 photos, padded if needed
-        joined = np.concatenate([p[0] for p in parts])[: len(lightness)]
-        np.testing.assert_array_equal(joined, lightness)  # the slices, in order, are the batch
-        pad = np.concatenate([p[2] for p in parts])[len(lightness):]
-        assert pad.size == 4 - len(lightness) and not pad.any()
+    for i, batch in enumerate(whole):
+        parts = [view[i][0] for view in views]
+        assert all(len(p["rgb"]) == 2 for p in parts)  # every replica gets 2 photos, padded if needed
+        for key in ("rgb", "affine", "embedding"):  # the slices, in order, are the batch
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts])[: len(batch["rgb"])], batch[key])
+        pad = np.concatenate([p["weight"] for p in parts])[len(batch["rgb"]):]
+        assert pad.size == 4 - len(batch["rgb"]) and not pad.any()
     resumed = source.view(start=1)
     resumed.set_epoch(1)
-    assert len(resumed) == 1 and np.array_equal(resumed[0][0], whole[1][0])
-    with pytest.raises(KoalarizationError, match="--batch-size 4 must be a multiple of the 3 replicas"):
+    assert len(resumed) == 1 and np.array_equal(resumed[0][0]["rgb"], whole[1]["rgb"])
+    with pytest.raises(KoalarizationError, match="batch_size 4 must be a multiple of the 3 replicas"):
         source.view(shard=(0, 3))
 
 

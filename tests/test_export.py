@@ -20,24 +20,25 @@ TOLERANCE = 1e-4
 def trained(tmp_path_factory):
     weights = make_weights(tmp_path_factory.mktemp("run"), ab_bias=(0.1, -0.05))
     model, cfg = load_trained(weights)
-    size = cfg.model.image_size
+    size = cfg.train.image_size
     # L in [-1, 1] of a smooth gray image plus noise, 3 photos: exercises the batch dimension too.
     rng = np.random.default_rng(0)
     ramp = np.linspace(-0.9, 0.9, size * size, dtype=np.float32).reshape(1, size, size, 1)
     lightness = np.clip(ramp + rng.normal(0, 0.2, (3, size, size, 1)), -1, 1).astype(np.float32)
-    return weights, lightness, np.asarray(model.predict(lightness, verbose=0))
+    inputs = {"L": lightness, "L_embedder": lightness[:, ::-1].copy()}  # tiny_random's resolution is 32 too
+    return weights, inputs, np.asarray(model.predict_on_batch(inputs))
 
 
 def test_savedmodel_matches_keras(trained, tmp_path):
     import tensorflow as tf
 
-    weights, lightness, expected = trained
+    weights, inputs, expected = trained
     out = export(weights, "savedmodel", tmp_path / "saved")
     assert out == tmp_path / "saved" and (out / "saved_model.pb").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no temporary left behind
     reloaded = tf.saved_model.load(str(out))
-    got = reloaded.serve(tf.constant(lightness)).numpy()
-    assert got.shape == expected.shape == lightness.shape[:3] + (2,)
+    got = reloaded.serve({k: tf.constant(v) for k, v in inputs.items()}).numpy()
+    assert got.shape == expected.shape == inputs["L"].shape[:3] + (2,)
     assert np.abs(got - expected).max() < TOLERANCE
     assert np.abs(expected).max() > 0.01  # a model that outputs zeros would match trivially
 
@@ -45,12 +46,11 @@ def test_savedmodel_matches_keras(trained, tmp_path):
 def test_onnx_matches_keras(trained, tmp_path):
     pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (pip install -e .[test])")
     ort = pytest.importorskip("onnxruntime", reason="checking the ONNX file needs onnxruntime")
-    weights, lightness, expected = trained
+    weights, inputs, expected = trained
     out = export(weights, "onnx", tmp_path / "model.onnx")
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    (model_input,) = session.get_inputs()
-    assert model_input.name == "L" and model_input.shape[1:] == [32, 32, 1]
-    got = session.run(None, {"L": lightness})[0]
+    assert sorted(i.name for i in session.get_inputs()) == ["L", "L_embedder"]
+    got = session.run(None, inputs)[0]
     assert np.abs(got - expected).max() < TOLERANCE
 
 

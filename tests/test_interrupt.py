@@ -60,7 +60,7 @@ def resume_and_check(args, output: Path, epochs: int, caplog) -> str:
     assert log_epochs(output) == list(range(epochs))
     assert not (output / "backup").exists()
     model, cfg = load_trained(output / "colorize.weights.h5")
-    assert cfg.model.image_size == 32 and all(np.isfinite(w).all() for w in model.get_weights())
+    assert cfg.train.image_size == 32 and all(np.isfinite(w).all() for w in model.get_weights())
     with h5py.File(output / "colorize.weights.h5") as f:
         assert json.loads(f.attrs[STAMP])["embedder"] == "tiny_random"
     return "\n".join(r.getMessage() for r in caplog.records)

@@ -60,10 +60,11 @@ def test_nan_stops_the_run_and_keeps_the_last_good_weights(photo_dir, tmp_path, 
 
     monkeypatch.setattr(backup, "save", checked_save)
     cfg = RunConfig(model=tiny_model_config, train=TrainConfig(
-        data=str(photo_dir), output=str(out), epochs=3, batch_size=2, workers=2, backup_every_steps=1))
+        data=str(photo_dir), output=str(out), image_size=32, epochs=3, batch_size=2, workers=2,
+        backup_every_steps=1))
     poison = PoisonWeights(epoch=1, layer=layer)
     with pytest.raises(KoalarizationError, match=rf"^training stopped: {message}; the best weights so far are "
-                                                 r"in .*colorize.weights.h5; try a lower --learning-rate$"):
+                                                 r"in .*colorize.weights.h5; try a lower learning_rate$"):
         train(cfg, callbacks=[poison], verbose=0)
     assert saved == [(0, 1), (0, 2), (1, 0), (1, 1)]  # up to the poisoned step, none after it
     model, _ = load_trained(out / "colorize.weights.h5")

@@ -1,6 +1,6 @@
 """Properties that hold for any input: Lab conversion and scaling of any uint8 image, and well-formed batches
-from any mix of good and broken files (tests/corpus.py). Hypothesis draws the inputs; few examples, so the
-file runs in seconds."""
+from any mix of the photos a cache of good and broken files kept (tests/corpus.py). Hypothesis draws the
+inputs; few examples, so the file runs in seconds."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from hypothesis.extra.numpy import arrays
 
 from corpus import deny_reads, make_corpus, reads_denied
 
-from koalarization import color
+from koalarization import cache, color
 from koalarization.config import AugmentConfig
 from koalarization.data import BatchSource
-from koalarization.fast_lab import rgb_to_network
+from koalarization.preprocess import Preprocess
 
 FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # The scaled ab of any sRGB colour: |a|, |b| <= 0.843 (measured over all 16.7 M colours: the extreme is
@@ -32,12 +32,12 @@ images_uint8 = st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9)
 @FEW
 @given(images_uint8)
 def test_lab_scaling_stays_in_range_and_round_trips_exactly(rgb):
-    """Measured over all 16.7 M sRGB colours: float64 and both float32 paths (color.rgb_uint8_to_network,
-    fast_lab.rgb_to_network) come back to the same uint8 colour, error 0. float32 gets 1 level of slack
-    for other CPUs' rounding of exp/log; the float64 path must be exact."""
+    """Measured over all 16.7 M sRGB colours: float64 and the float32 path (color.rgb_uint8_to_network) come
+    back to the same uint8 colour, error 0. float32 gets 1 level of slack for other CPUs' rounding of
+    powers; the float64 path must be exact."""
     lab = color.rgb_to_lab(rgb / 255.0)
     assert np.array_equal(color.to_uint8(color.lab_to_rgb(lab)), rgb)
-    for lightness, ab in (color.rgb_uint8_to_network(rgb), rgb_to_network(rgb)):
+    for lightness, ab in (color.rgb_uint8_to_network(rgb),):
         assert lightness.dtype == ab.dtype == np.float32
         assert lightness.shape == (*rgb.shape[:-1], 1) and ab.shape == (*rgb.shape[:-1], 2)
         assert np.isfinite(lightness).all() and np.isfinite(ab).all()
@@ -45,9 +45,7 @@ def test_lab_scaling_stays_in_range_and_round_trips_exactly(rgb):
         assert np.abs(ab).max() <= AB_BOUND
         back = color.to_uint8(color.network_to_rgb(lightness, ab))
         assert np.abs(back.astype(int) - rgb).max() <= 1
-    # The two float32 paths agree with each other (fast_lab is the batch source's).
-    slow, fast = color.rgb_uint8_to_network(rgb), rgb_to_network(rgb)
-    assert np.abs(slow[0] - fast[0]).max() < 1e-4 and np.abs(slow[1] - fast[1]).max() < 1e-4
+        np.testing.assert_allclose(color.lightness_uint8(rgb), lightness, atol=1e-5)
 
 
 @FEW
@@ -63,37 +61,42 @@ def test_any_network_output_becomes_a_valid_colour(values):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_corpus(tmp_path_factory.mktemp("properties") / "corpus")
+def corpus_cache(tmp_path_factory):
+    """The corpus and its cache at 16 px: what `train` would keep of it, and why it left the rest out."""
+    corpus = make_corpus(tmp_path_factory.mktemp("properties") / "corpus")
+    files = [case.path for case in corpus.values()]
+    with pytest.MonkeyPatch.context() as mp:
+        if not reads_denied(corpus["unreadable"].path):  # root reads a chmod 000 file: simulate it
+            deny_reads(mp, corpus["unreadable"].path)
+        store = cache.build(files, tmp_path_factory.mktemp("cache"), 16, "tiny_random", progress=False)
+    return corpus, store
+
+
+def test_the_cache_keeps_exactly_the_photos_train_takes(corpus_cache):
+    corpus, store = corpus_cache
+    kept = {case.path for case in corpus.values() if case.train == "ok"}
+    assert set(store.usable) == {p.absolute() for p in kept}
+    assert set(store.skipped) == {case.path.absolute() for case in corpus.values() if case.train != "ok"}
 
 
 @FEW
-@given(data=st.data(), batch_size=st.integers(1, 4), size=st.sampled_from([8, 16]), augment=st.booleans(),
+@given(data=st.data(), batch_size=st.integers(1, 4), augment=st.booleans(), fill=st.sampled_from(["nearest", "reflect"]),
        seed=st.integers(0, 3))
-def test_batches_are_well_formed_for_any_mix_of_files(corpus, data, batch_size, size, augment, seed, caplog):
-    names = data.draw(st.lists(st.sampled_from(sorted(corpus)), min_size=1, max_size=8, unique=True), label="files")
-    files = [corpus[n].path for n in names]
-    source = BatchSource(files, batch_size, size, seed=seed, augment=AugmentConfig(enabled=augment))
-    weights = []
-    with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.WARNING, "koalarization"):
-        caplog.clear()
-        if not reads_denied(corpus["unreadable"].path):  # root reads a chmod 000 file: simulate it
-            deny_reads(mp, corpus["unreadable"].path)
-        assert len(source) == -(-len(files) // batch_size)
-        for i in range(len(source)):
-            lightness, ab, weight = source[i]
-            n = min(batch_size, len(files) - i * batch_size)
-            assert lightness.shape == (n, size, size, 1) and ab.shape == (n, size, size, 2)
-            assert weight.shape == (n, 1, 1)
-            assert lightness.dtype == ab.dtype == weight.dtype == np.float32
-            assert np.isfinite(lightness).all() and np.isfinite(ab).all()
-            assert lightness.min() >= -1.0 and lightness.max() <= 1.0 and np.abs(ab).max() <= AB_BOUND
-            weights.extend(weight.ravel().tolist())
-    # Every photo once; a broken file has weight 0 (no gradient) and one warning naming it, a good one weight 1.
-    order = source._order(0)
-    expected = [0.0 if corpus[names[k]].kind == "skip" else 1.0 for k in order]
-    assert weights == expected
-    bad = sorted(corpus[n].path for n in names if corpus[n].kind == "skip")
-    assert source.failed_files == bad
-    for path in bad:
-        assert sum(str(path) in r.getMessage() for r in caplog.records) == 1
+def test_batches_are_well_formed_for_any_mix_of_photos(corpus_cache, data, batch_size, augment, fill, seed):
+    corpus, store = corpus_cache
+    files = data.draw(st.lists(st.sampled_from(store.usable), min_size=1, max_size=8, unique=True), label="files")
+    source = BatchSource(store, files, batch_size, seed=seed, augment=AugmentConfig(enabled=augment))
+    assert len(source) == -(-len(files) // batch_size)
+    seen = []
+    for i in range(len(source)):
+        (batch,) = source[i]
+        n = min(batch_size, len(files) - i * batch_size)
+        assert batch["rgb"].shape == (n, 16, 16, 3) and batch["rgb"].dtype == np.uint8
+        assert batch["embedding"].shape == (n, 1000) and np.isfinite(batch["embedding"]).all()
+        assert batch["weight"].ravel().tolist() == [1.0] * n
+        lightness, ab = (np.asarray(t) for t in Preprocess(fill)(batch["rgb"], batch["affine"]))
+        assert np.isfinite(lightness).all() and np.isfinite(ab).all()
+        assert lightness.min() >= -1.0 - 1e-6 and lightness.max() <= 1.0 + 1e-6 and np.abs(ab).max() <= AB_BOUND
+        seen.extend(batch["rgb"][:, 0, 0].tolist())
+    expected = [store.photo(store.row_of(files[k]))[0, 0].tolist() for k in source._order(0)]
+    assert seen == expected  # every photo once, in the epoch's order

@@ -7,6 +7,7 @@ compares it with the config.json beside them, and compares the weight shapes wit
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,10 +21,9 @@ from PIL import Image
 from conftest import REPO, synthetic_photo
 from koalarization.checkpoint import STAMP, load_trained, save_weights_atomic
 from koalarization.cli import main
-from koalarization.config import UP, ModelConfig, RunConfig, replace
+from koalarization.config import UP, ModelConfig, RunConfig, TrainConfig, replace
 
 TINY = ModelConfig(
-    image_size=32,
     encoder=((8, 2), (8, 1), (16, 2), (16, 1), (16, 2), (16, 1), (16, 1), (8, 1)),
     fusion_filters=8, decoder=(16, UP, 8, UP, 8, 8), embedder="tiny_random",
 )
@@ -50,7 +50,7 @@ def write_run(folder: Path, trained: ModelConfig, configured: ModelConfig | None
         save_weights_atomic(colorizer, weights, stamp=trained)
     else:
         colorizer.save_weights(weights)
-    (folder / "config.json").write_text(RunConfig(model=configured or trained).to_json())
+    (folder / "config.json").write_text(RunConfig(configured or trained, TrainConfig(image_size=32)).to_json())
     return weights
 
 
@@ -87,13 +87,10 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
                                 r"file, 28 in the network")
     runs["other_encoder_unstamped"] = (write_run(root / "other_unstamped", OTHER_ENCODER, TINY, stamp=False),
                                        r"weights of another network than .*config.json describes")
-    runs["other_size"] = (write_run(root / "size64", replace(TINY, image_size=64), TINY),
-                          r"trained at 64 px with embedder tiny_random, but .*size64/config.json says 32 px "
-                          r"with embedder tiny_random; use the config.json written beside these weights")
     # Checked before the embedder is built: no EfficientNet weights are needed to see the mismatch.
     runs["other_embedder"] = (write_run(root / "embedder", TINY, replace(TINY, embedder="efficientnet_lite0")),
-                              r"trained at 32 px with embedder tiny_random, but .*embedder/config.json says "
-                              r"32 px with embedder efficientnet_lite0")
+                              r"trained with embedder tiny_random, but .*embedder/config.json says "
+                              r"efficientnet_lite0; use the config.json written beside these weights")
     return runs
 
 
@@ -110,13 +107,29 @@ def test_good_stamped_weights_load(tmp_path):
     import h5py
 
     with h5py.File(weights) as f:
-        assert '"image_size": 32' in f.attrs[STAMP]
+        assert '"fusion_filters": 8' in f.attrs[STAMP]
     model, cfg = load_trained(weights)
-    assert cfg.model == TINY and model.output_shape == (None, 32, 32, 2)
+    assert cfg.model == TINY and cfg.train.image_size == 32
+
+
+def test_weights_of_older_versions_load(tmp_path):
+    """Older versions stamped the working size into the weights and wrote it into config.json's model
+    section; the weights fit any size, so such a run loads, at its size."""
+    import h5py
+
+    weights = write_run(tmp_path / "old", TINY)
+    with h5py.File(weights, "a") as f:
+        stamp = json.loads(f.attrs[STAMP])
+        f.attrs[STAMP] = json.dumps({**stamp, "image_size": 48})
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    config["model"]["image_size"] = config["train"].pop("image_size") + 16
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    model, cfg = load_trained(weights)
+    assert cfg.model == TINY and cfg.train.image_size == 48
 
 
 CASES = ["truncated", "not_hdf5", "missing", "config_missing", "other_encoder", "deeper_unstamped",
-         "other_encoder_unstamped", "other_size", "other_embedder"]
+         "other_encoder_unstamped", "other_embedder"]
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -139,7 +152,7 @@ TF_NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:
                                      pytest.param("serve", marks=pytest.mark.large)])  # ~12 s each
 def test_bad_weights_in_a_real_process_print_no_traceback(runs, workdir, command):
     """The same through `python -m koalarization`: Keras' and h5py's own warnings stay out of stderr too."""
-    weights, expected = runs["truncated" if command != "serve" else "other_size"]
+    weights, expected = runs["truncated" if command != "serve" else "other_embedder"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="default")
     done = subprocess.run([sys.executable, "-m", "koalarization", *COMMANDS[command](weights, workdir)],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=120)

@@ -1,0 +1,104 @@
+"""The training model's in-graph preprocessing computes what the host used to: the same warp, the same Lab,
+the same weighted loss; and `train` runs end to end on it."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import synthetic_photo
+from test_cli import event_tags
+
+from koalarization import color, data
+from koalarization.cli import main
+from koalarization.config import AugmentConfig
+from koalarization.preprocess import Preprocess, WeightedABLoss
+
+
+def host_warp(rgb: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """The host-side augmentation the batch source used to run: a Pillow affine warp about the centre, with
+    the photo's edge repeated (Keras' fill_mode="nearest") and a bilinear, uint8-truncated result."""
+    size, pad = rgb.shape[0], rgb.shape[0]
+    padded = Image.fromarray(np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
+    (a, b), (d, e) = matrix
+    c = size / 2 + pad - (a + b) * size / 2
+    f = size / 2 + pad - (d + e) * size / 2
+    return np.asarray(padded.transform((size, size), Image.Transform.AFFINE, (a, b, c, d, e, f),
+                                       Image.Resampling.BILINEAR))
+
+
+def test_in_graph_warp_and_lab_equal_the_host_arithmetic():
+    rng = np.random.default_rng(1)
+    rgb = np.stack([synthetic_photo(i, (32, 32)) for i in range(4)])
+    aug = AugmentConfig(rotation=30, zoom=0.3, shear=10)
+    affine = np.stack([data.random_affine(rng, aug) for _ in range(4)]).astype(np.float32)
+    lightness, ab = (np.asarray(t) for t in Preprocess("nearest")(rgb, affine))
+    expected = np.stack([host_warp(x, m) for x, m in zip(rgb, affine)])
+    # The host's warp truncated its bilinear result to uint8: on average 0.5 darker, never more than 1.
+    lab = color.rgb_to_lab(expected.astype(np.float64) / 255)
+    warped_l = color.unscale_l(lightness)
+    assert np.all(warped_l - lab[..., :1] > -1e-3)
+    assert 0 < np.mean(warped_l - lab[..., :1]) < 0.4  # L units of 100: 0.5 of 255 is about 0.2
+    np.testing.assert_allclose(color.unscale_ab(ab), lab[..., 1:], atol=1.0)  # ab moves less than 1 of 128
+    # the identity matrix: exactly color.rgb_to_lab of the photo, within float32
+    identity = np.tile(np.eye(2, dtype=np.float32), (4, 1, 1))
+    lightness, ab = (np.asarray(t) for t in Preprocess()(rgb, identity))
+    lab = color.rgb_to_lab(rgb.astype(np.float64) / 255)
+    np.testing.assert_allclose(lightness, color.scale_l(lab[..., :1]), atol=1e-4)
+    np.testing.assert_allclose(ab, color.scale_ab(lab[..., 1:]), atol=1e-4)
+
+
+@pytest.mark.parametrize("fill", ["nearest", "reflect"])
+def test_warp_equals_keras_affine_transform(fill):
+    """preprocess.warp is keras.ops.image.affine_transform's bilinear sampling, in ops that XLA compiles."""
+    import keras
+
+    from koalarization.preprocess import affine_params, warp
+
+    rng = np.random.default_rng(4)
+    rgb = np.stack([synthetic_photo(i, (24, 24)) for i in range(3)])
+    affine = np.stack([data.random_affine(rng, AugmentConfig(rotation=40, zoom=0.5, shear=20))
+                       for _ in range(3)]).astype(np.float32)
+    ours = np.asarray(warp(rgb, affine, fill))
+    theirs = keras.ops.image.affine_transform(rgb.astype(np.float32), affine_params(affine, 24),
+                                              interpolation="bilinear", fill_mode=fill)
+    np.testing.assert_allclose(ours, np.asarray(theirs), atol=1e-3)
+
+
+def test_reflect_fill_mirrors_the_photo_instead_of_repeating_its_edge():
+    rgb = np.zeros((1, 32, 32, 3), np.uint8)
+    rgb[0, :, :4] = 255  # a white stripe along the left edge
+    shrink = np.array([[[1.5, 0.0], [0.0, 1.0]]], np.float32)  # reads 25 % beyond each side
+    nearest, _ = Preprocess("nearest")(rgb, shrink)
+    reflect, _ = Preprocess("reflect")(rgb, shrink)
+    left = lambda lightness: np.asarray(lightness)[0, 16, :8, 0]  # noqa: E731
+    assert (left(nearest) > 0.9).all()  # the edge repeated: a wide white band
+    assert (left(reflect)[:2] < -0.9).all() and (left(reflect)[3:5] > 0.9).all()  # black beyond the mirror
+
+
+def test_loss_is_keras_weighted_mse():
+    rng = np.random.default_rng(0)
+    predicted = rng.uniform(-1, 1, (3, 8, 8, 2)).astype(np.float32)
+    target = rng.uniform(-1, 1, (3, 8, 8, 2)).astype(np.float32)
+    weight = np.array([1, 1, 0], np.float32)[:, None, None]
+    layer = WeightedABLoss()
+    layer(predicted, target, weight)
+    import keras
+
+    expected = keras.losses.MeanSquaredError()(target, predicted, sample_weight=weight)
+    assert float(np.asarray(layer.losses[0])) == pytest.approx(float(np.asarray(expected)), rel=1e-5)
+
+
+def test_train_end_to_end_writes_the_validation_images_and_curve(photo_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(photo_dir), "--output", str(out), "--epochs", "1", "--image-size", "32",
+                 "--embedder", "tiny_random", "--batch-size", "2", "--workers", "2", "--fill", "reflect",
+                 "--validate-every-steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "trained 1 epoch(s): ran the epochs asked for; best epoch 1 (val_loss" in printed
+    config = json.loads((out / "config.json").read_text())["train"]
+    assert config["augment"]["fill"] == "reflect" and config["validate_every_steps"] == 2
+    assert "validation/bw|predicted|actual" in event_tags(out / "logs")
+    curve = (out / "curve.csv").read_text().splitlines()
+    assert curve[0] == "step,photos,val_loss" and [r.split(",")[0] for r in curve[1:]] == ["2", "3"]
