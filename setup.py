@@ -26,11 +26,11 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",  # LICENSE
     python_requires=">=3.10",
-    # web/static and weights hold data only (no __init__.py); listed as packages, setuptools ships their
+    # inference/web/static and weights hold data only (no __init__.py); listed as packages, setuptools ships their
     # files without its "Package would be ignored" warning.
     packages=find_packages(include=["koalarization", "koalarization.*"])
-    + ["koalarization.web.static", "koalarization.weights"],
-    package_data={"koalarization.web.static": ["*"], "koalarization.weights": ["colorize.weights.h5", "config.json"]},
+    + ["koalarization.inference.web.static", "koalarization.weights"],
+    package_data={"koalarization.inference.web.static": ["*"], "koalarization.weights": ["colorize.weights.h5", "config.json"]},
     install_requires=[
         "keras>=3.10",
         *BACKENDS[BACKEND],

@@ -42,13 +42,13 @@ class ModelConfig:
     encoder: tuple = option(REFERENCE_ENCODER, "(filters, stride) of each 3x3 ReLU encoder conv", flag=False)
     fusion_filters: int = option(256, "filters of the 1x1 conv after the fusion")
     decoder: tuple = option(REFERENCE_DECODER, "filters of the 3x3 decoder convs, or 'up'", flag=False)
-    embedder: str = option("inception_resnet_v2", "global feature extractor (embedding.EMBEDDERS)")
+    embedder: str = option("inception_resnet_v2", "global feature extractor (embedders.EMBEDDERS)")
     # Zhang et al.'s colorizer has BatchNorm after every conv; the reference does not.
     batch_norm: bool = option(False, "BatchNormalization after every hidden conv")
     # With one photo per class the near-one-hot class vector lets the network memorise each photo's colours.
     embedding_dropout: float = option(0.0, "dropout on the global embedding while training")
     # Weightless, set after training (docs/model_card.md): MSE shrinks uncertain colours toward the mean, and a
-    # gain chosen on held-out photos trades PSNR for colourfulness. model.ABGain.
+    # gain chosen on held-out photos trades PSNR for colourfulness. network.ABGain.
     ab_gain: float = option(1.0, "gain on how the predicted ab varies within each photo (1 = as trained)")
     # Weightless: the convolutions pad with zeros, so the outer cells of the encoder grid see a gray frame
     # that the inside never sees, and predict different colours (a visible colour frame). Predicting on the

@@ -11,23 +11,31 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = ""):
     """Yield a temporary name beside `path` (ending in `suffix`, for writers that choose the format by
-    extension); rename it over `path` once the block succeeds. A reader sees the old file or the new one,
-    never a partial one, and a machine that loses power does not come back with a renamed, empty file."""
+    extension) for a file or a folder; rename it over `path` once the block succeeds (a folder `path` is
+    replaced whole). A reader sees the old one or the new one, never a partial one, and a machine that
+    loses power does not come back with a renamed, empty file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
         yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        if tmp.is_file():
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -7,10 +7,11 @@ and in notebooks alike.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
+
+from koalarization.io import atomic_path
 
 GRID_COLUMNS = ("bw", "predicted", "actual")
 
@@ -25,9 +26,8 @@ def _figure(rows: int, cols: int, size: tuple[float, float]):
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def read_log(log_csv: str | Path) -> dict[str, list[float]]:

@@ -6,6 +6,10 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The tests' tiny embedder (tests/tiny_embedder.py), for this process and the CLI processes tests start.
+TESTS = str(Path(__file__).resolve().parent)
+os.environ["KOALARIZATION_EMBEDDERS"] = "tiny_embedder"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

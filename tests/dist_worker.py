@@ -28,11 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from koalarization import backup, data, distribute  # noqa: E402
+from koalarization.training import backup
+
+from koalarization.data import batches
+
+from koalarization.training import distribute  # noqa: E402
 from koalarization.cli import build_parser, run_config_from_args  # noqa: E402
 from koalarization.config import UP, ModelConfig, replace  # noqa: E402
-from koalarization.model import colorizer_of  # noqa: E402
-from koalarization.train import train  # noqa: E402
+from koalarization.model.network import colorizer_of  # noqa: E402
+from koalarization.training.train import train  # noqa: E402
 
 TINY = dict(  # tests/conftest.py: tiny_model_config
     encoder=((8, 2), (8, 1), (16, 2), (16, 1), (16, 2), (16, 1), (16, 1), (8, 1)),
@@ -40,7 +44,7 @@ TINY = dict(  # tests/conftest.py: tiny_model_config
 )
 SERVED: list = []  # (epoch, photo, weight) of every training sample read
 IMPORTED = time.monotonic() - STARTED
-_sample = data.BatchSource.sample
+_sample = batches.BatchSource.sample
 
 
 def recording_sample(self, epoch, position):
@@ -115,7 +119,7 @@ def main() -> int:
     cfg = run_config_from_args(build_parser().parse_args(["train", *flags]))
     if args.tiny:
         cfg = replace(cfg, model=ModelConfig(**TINY))
-    data.BatchSource.sample = recording_sample
+    batches.BatchSource.sample = recording_sample
     if args.no_workaround:
         distribute.apply_keras_workaround = lambda: False
     if args.kill_while_saving >= 0:

@@ -31,7 +31,9 @@ from PIL import Image
 from corpus import (colour_pixels, deny_reads, float_values, make_corpus, make_empty_folder, png_chunk,
                     reads_denied, write_non_utf8_photo)
 
-from koalarization import evaluate, images
+from koalarization.inference import evaluate
+
+from koalarization.data import images
 from koalarization.cli import main
 from koalarization.errors import KoalarizationError
 

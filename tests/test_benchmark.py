@@ -7,7 +7,13 @@ import keras
 import numpy as np
 import pytest
 
-from koalarization import color, flops, images, reference_pipeline
+from koalarization import color
+
+from koalarization.bench import flops
+
+from koalarization.data import images
+
+from koalarization.bench import reference_pipeline
 from koalarization.cli import main
 from koalarization.config import ModelConfig
 
@@ -55,8 +61,8 @@ def _tf_profiler_flops(model, inputs) -> int:
 def test_flop_counts_match_the_reference_and_tensorflow_profiler():
     import tensorflow as tf
 
-    from koalarization.embedding import build_embedder
-    from koalarization.model import build_colorizer
+    from koalarization.model.embedders import build_embedder
+    from koalarization.model.network import build_colorizer
 
     # docs/reference.md: "about 10 GMAC forward per 256 px image"
     assert 9.5e9 < flops.colorizer_macs(ModelConfig(), 256) < 10.5e9
@@ -103,7 +109,7 @@ def test_benchmark_pipeline_prints_rates_memory_and_reference_ratio(photo_dir, c
 
 
 def test_peak_rss_sampler_sees_a_short_lived_allocation():
-    from koalarization.benchmark import PeakRSS
+    from koalarization.bench.pipeline import PeakRSS
 
     with PeakRSS(interval=0.001) as memory:
         block = np.ones(200 * 2**20 // 8)  # 200 MB, touched

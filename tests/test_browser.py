@@ -31,8 +31,8 @@ expect = sync_api.expect
 expect.set_options(timeout=60_000)
 pytest.importorskip("fastapi", reason="the web server needs fastapi")
 
-from koalarization import images  # noqa: E402
-from koalarization.web.server import create_app  # noqa: E402
+from koalarization.data import images  # noqa: E402
+from koalarization.inference.web.server import create_app  # noqa: E402
 from conftest import REPO, synthetic_photo  # noqa: E402
 from test_colorize import make_weights  # noqa: E402
 

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import REPO, synthetic_photo
 
 from koalarization.cli import main, run_config_from_args, build_parser
-from koalarization.train import train
+from koalarization.training.train import train
 
 TINY = ["--image-size", "32", "--embedder", "tiny_random", "--batch-size", "2", "--workers", "2"]
 
@@ -116,7 +116,7 @@ def test_test_command_writes_folders_metrics_and_summary(photo_dir, tmp_path, ca
     assert len(rows) == 2
     bw = np.asarray(Image.open(next((test_out / "bw").iterdir())).convert("RGB")).astype(int)
     assert np.abs(bw[..., 0] - bw[..., 1]).max() <= 1  # bw/ is gray: colourfulness ~ 0
-    from koalarization.evaluate import colorfulness
+    from koalarization.inference.evaluate import colorfulness
 
     assert colorfulness(bw.astype(np.uint8)) < 1.0
 

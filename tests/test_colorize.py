@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 from pathlib import Path
@@ -12,10 +11,11 @@ import pytest
 from PIL import Image, ImageOps
 from skimage import color as skcolor
 
-from koalarization import images
-from koalarization.colorize import Colorizer, benchmark_latency, colorize_files, expand_inputs, join_lightness
+from koalarization.data import images
+from koalarization.bench.latency import benchmark_latency
+from koalarization.inference.colorize import Colorizer, colorize_files, expand_inputs, join_lightness
 from koalarization.errors import KoalarizationError
-from koalarization.serving_cli import COMMANDS, add_parsers
+from koalarization.cli import main
 from conftest import synthetic_photo
 
 
@@ -23,8 +23,8 @@ def make_weights(folder: Path, ab_bias=(0.4, -0.3)) -> Path:
     """A tiny trained-looking run (weights + config.json) whose output layer's bias pushes ab to a clearly
     visible colour (about a = +49, b = -37 for the default), so a colour result is never near-gray by chance."""
     from koalarization.config import UP, ModelConfig, RunConfig, TrainConfig
-    from koalarization.embedding import build_embedder
-    from koalarization.model import build_model, colorizer_of
+    from koalarization.model.embedders import build_embedder
+    from koalarization.model.network import build_model, colorizer_of
 
     cfg = ModelConfig(
         encoder=((8, 2), (8, 1), (16, 2), (16, 1), (16, 2), (16, 1), (16, 1), (8, 1)),
@@ -115,7 +115,7 @@ def test_working_size_option_reuses_the_weights(weights, colorizer):
     assert bigger.predict_ab([photo]).shape == (1, 64, 64, 2)
     out = bigger.colorize(photo)
     assert out.shape == photo.shape and np.abs(lightness(out) - lightness(photo)).max() < 1.0
-    with pytest.raises(KoalarizationError, match="--size 30"):
+    with pytest.raises(KoalarizationError, match="size 30"):
         Colorizer(weights, size=30)
 
 
@@ -186,7 +186,7 @@ def test_inputs_can_be_globs_files_and_folders_without_duplicates(tmp_path):
     write_inputs(tmp_path)
     found = expand_inputs([str(tmp_path / "a" / "*.png"), str(tmp_path / "a"), str(tmp_path / "**" / "*.jpg")])
     assert [p.name for p in found] == ["gray.png", "rotated.jpg", "broken.jpg", "cmyk.jpg", "gray.jpg"]
-    with pytest.raises(KoalarizationError, match="INPUT .*nothing"):
+    with pytest.raises(KoalarizationError, match="inputs .*nothing"):
         expand_inputs([str(tmp_path / "nothing*.png")])
     with pytest.raises(KoalarizationError, match="no such file"):
         expand_inputs([str(tmp_path / "missing.png")])
@@ -199,16 +199,9 @@ def test_outputs_never_overwrite_an_input(weights, tmp_path):
     assert (tmp_path / "photo.png").read_bytes() == before and (tmp_path / "photo-1.png").is_file()
 
 
-def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return COMMANDS[args.command](args)
-
-
 def test_colorize_command_prints_one_summary_line(weights, tmp_path, capsys):
     write_inputs(tmp_path / "in")
-    assert run_cli(["colorize", str(tmp_path / "in" / "b"), "--weights", str(weights), "--out",
+    assert main(["colorize", str(tmp_path / "in" / "b"), "--weights", str(weights), "--out",
                     str(tmp_path / "out"), "--saturation", "0"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("colorized 4 photo(s) into") and "skipped 1 unreadable" in lines[0]

@@ -12,9 +12,16 @@ from PIL import Image
 
 from conftest import synthetic_photo
 
-from koalarization import cache, color, images, sources
+from koalarization import color
+
+from koalarization.data import cache
+
+from koalarization.data import images
+
+from koalarization.data import sources
 from koalarization.config import AugmentConfig
-from koalarization.data import BatchSource, Split, make_split
+from koalarization.data.split import Split, make_split
+from koalarization.data.batches import BatchSource
 from koalarization.errors import KoalarizationError
 
 
@@ -68,7 +75,7 @@ def test_cache_holds_each_photo_and_its_embedding_from_the_full_photo(photo_dir,
     rgb = images.load_rgb(path)
     np.testing.assert_array_equal(store.photo(row), images.resize_rgb(rgb, 32))
     # the embedder saw the full photo's gray at its own resolution (tiny_random: 32 px), not the S x S photo
-    from koalarization.embedding import build_embedder
+    from koalarization.model.embedders import build_embedder
 
     seen = color.lightness_uint8(images.resize_rgb(rgb, 32))[None]
     expected = build_embedder("tiny_random").predict_on_batch(seen)[0]

@@ -24,13 +24,15 @@ from PIL import Image
 
 from conftest import synthetic_photo
 from dist_worker import TINY
-from koalarization import backup, checkpoint, distribute
+from koalarization.training import backup
+from koalarization import run
+from koalarization.training import distribute
 from koalarization.cli import build_parser, run_config_from_args
 from koalarization.config import ModelConfig, replace
-from koalarization.data import BatchSource
+from koalarization.data.batches import BatchSource
 from koalarization.errors import KoalarizationError
-from koalarization.model import colorizer_of
-from koalarization.train import train
+from koalarization.model.network import colorizer_of
+from koalarization.training.train import train
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 TIMEOUT = 420  # seconds for any one distributed run, however loaded the machine
@@ -209,7 +211,7 @@ def test_workers_take_the_chiefs_state_and_refuse_other_photos():
 
 
 def test_shards_split_every_batch_once_and_pad_with_weight_zero(photo_dir, tmp_path):
-    from koalarization import cache
+    from koalarization.data import cache
 
     files = sorted(photo_dir.rglob("*.*"))[:7]
     store = cache.build(files, tmp_path / "cache", 32, "tiny_random", progress=False)
@@ -289,7 +291,7 @@ def test_two_workers_each_read_their_half_and_train_like_one_device(tmp_path):
     assert relative_difference(npz_weights(reports[0]), npz_weights(reports[1])) == 0.0  # lock-step
     assert log_epochs(output) == ["0", "1"]  # written once, by the chief
     assert not list((tmp_path / "worker-tmp").glob("koalarization-*"))  # the other worker's folder is gone
-    model, cfg = checkpoint.load_trained(output / checkpoint.WEIGHTS_FILE)
+    model, cfg = run.load_trained(output / run.WEIGHTS_FILE)
     assert cfg.model == ModelConfig(**TINY) and model.count_params() > 0
     # One device, same seed and global batch: the same training.
     alone = train_here(flags(data, tmp_path / "alone", 2))

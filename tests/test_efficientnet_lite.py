@@ -12,10 +12,10 @@ import struct
 import numpy as np
 import pytest
 
-from koalarization import efficientnet_lite as enl
-from koalarization import torch_legacy
+from koalarization.model import efficientnet_lite as enl
+from koalarization.model import torch_legacy
 from koalarization.errors import KoalarizationError
-from koalarization.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, load_legacy_state_dict
+from koalarization.model.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, load_legacy_state_dict
 
 NAME = "efficientnet_lite0"
 
@@ -261,7 +261,7 @@ def test_scaled_variants_keep_lite_stem_head_and_end_stages(name, blocks, last):
 def test_eval_image_is_a_centre_crop_in_0_255(tmp_path):
     from PIL import Image
 
-    from koalarization.embedder_check import load_eval_image
+    from koalarization.bench.embedder_check import load_eval_image
 
     rgb = np.zeros((200, 300, 3), np.uint8)  # landscape: red stripe at the far left, white centre
     rgb[:, :20] = (255, 0, 0)
@@ -276,7 +276,7 @@ def test_eval_image_is_a_centre_crop_in_0_255(tmp_path):
 def test_accuracy_check_needs_all_1000_classes(tmp_path):
     from PIL import Image
 
-    from koalarization.embedder_check import imagenet_top1
+    from koalarization.bench.embedder_check import imagenet_top1
 
     for wnid in ("n01440764_tench", "n01443537_goldfish"):
         Image.new("RGB", (8, 8)).save(tmp_path / f"{wnid}.JPEG")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from koalarization.embedder_check import imagenet_top1
+from koalarization.bench.embedder_check import imagenet_top1
 
 IMAGENET_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 

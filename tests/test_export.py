@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 
-from koalarization.checkpoint import load_trained
+from koalarization.run import load_trained
 from koalarization.errors import KoalarizationError
-from koalarization.export import export
-from koalarization.serving_cli import COMMANDS, add_parsers
+from koalarization.inference.export import export
+from koalarization.cli import main
 from test_colorize import make_weights
 
 TOLERANCE = 1e-4
@@ -56,16 +54,12 @@ def test_onnx_matches_keras(trained, tmp_path):
 
 def test_export_command_and_errors(trained, tmp_path, capsys):
     weights = trained[0]
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["export", "--weights", str(weights), "--format", "savedmodel",
-                              "--out", str(tmp_path / "again")])
     (tmp_path / "again").mkdir()
     (tmp_path / "again" / "stale.txt").write_text("an older export")
-    assert COMMANDS["export"](args) == 0
+    assert main(["export", "--weights", str(weights), "--format", "savedmodel", "--out", str(tmp_path / "again")]) == 0
     assert not (tmp_path / "again" / "stale.txt").exists() and (tmp_path / "again" / "saved_model.pb").is_file()
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"exported savedmodel to {tmp_path / 'again'}"
-    with pytest.raises(KoalarizationError, match="--format tflite: choose one of savedmodel, onnx"):
+    with pytest.raises(KoalarizationError, match="format tflite: choose one of savedmodel, onnx"):
         export(weights, "tflite", tmp_path / "x")
     with pytest.raises(KoalarizationError, match="file not found"):
         export(tmp_path / "missing.weights.h5", "savedmodel", tmp_path / "y")

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from koalarization import backup
-from koalarization.checkpoint import STAMP, load_trained
+from koalarization.training import backup
+from koalarization.run import STAMP, load_trained
 from koalarization.cli import main
 
 KILLER = Path(__file__).with_name("train_with_kill.py")
@@ -85,9 +85,9 @@ def test_killed_while_writing_a_backup_resumes_from_the_one_before(photo_dir, tm
     out = tmp_path / "run"
     args = train_args(photo_dir, out, 2)
     run_killed(["write", backup.INCOMING, "2"], args)  # the end-of-epoch backup of the second epoch
-    assert (out / "backup" / backup.INCOMING).is_file()  # half written, never renamed
+    (partial,) = (out / "backup").glob(f".{backup.INCOMING}.*")  # half written, never renamed
     with pytest.raises(OSError):
-        h5py.File(out / "backup" / backup.INCOMING, "r")
+        h5py.File(partial, "r")
     assert backup_position(out / "backup" / backup.LATEST) == (1, 0)
     assert log_epochs(out) == [0, 1]  # logged before the backup: the resumed run must not log it twice
 
@@ -98,12 +98,13 @@ def test_killed_while_writing_a_backup_resumes_from_the_one_before(photo_dir, tm
 def test_killed_while_writing_the_best_weights_keeps_no_partial_file(photo_dir, tmp_path, caplog):
     out = tmp_path / "run"
     args = train_args(photo_dir, out, 2, "--backup-every-steps", "2")
-    run_killed(["write", "colorize.tmp.weights.h5", "1"], args)  # the first epoch's best weights
+    run_killed(["write", "colorize.weights.h5", "1"], args)  # the first epoch's best weights
     # The half-written file has its temporary name; the real name never existed, so nothing can load it.
-    assert (out / "colorize.tmp.weights.h5").is_file() and not (out / "colorize.weights.h5").exists()
+    assert len(list(out.glob(".colorize.weights.h5.*"))) == 1 and not (out / "colorize.weights.h5").exists()
     assert backup_position(out / "backup" / backup.LATEST) == (0, 2)
     assert main(["test", "--data", str(photo_dir), "--weights", str(out / "colorize.weights.h5"),
                  "--output", str(tmp_path / "test")]) == 1
 
     messages = resume_and_check(args, out, 2, caplog)
     assert "at epoch 0, batch 2" in messages
+    assert not list(out.rglob(".*.tmp*"))  # the resumed run removed the killed one's partial file

@@ -4,10 +4,12 @@ through the training model that `train` builds (in-graph preprocessing, loss ins
 import keras
 import numpy as np
 
-from koalarization import color, images
+from koalarization import color
+
+from koalarization.data import images
 from koalarization.config import UP, ModelConfig
-from koalarization.embedding import build_embedder
-from koalarization.preprocess import build_training_model
+from koalarization.model.embedders import build_embedder
+from koalarization.model.preprocess import build_training_model
 from conftest import REPO
 
 

@@ -7,9 +7,9 @@ import pytest
 from conftest import tiny_inputs
 
 from koalarization.config import ModelConfig, RunConfig, TrainConfig
-from koalarization.embedding import build_embedder
+from koalarization.model.embedders import build_embedder
 from koalarization.errors import KoalarizationError
-from koalarization.model import Fusion, build_colorizer, build_model, colorizer_of
+from koalarization.model.network import Fusion, build_colorizer, build_model, colorizer_of
 
 # docs/reference.md, "The network" (Keras versions): (filters, stride) of each 3x3 conv, in order.
 REFERENCE_TABLE = [
@@ -155,7 +155,7 @@ def test_embedding_dropout_acts_only_in_training(tiny_model_config):
 
 
 def test_pooled_embedder_gives_the_classifiers_pooled_features():
-    from koalarization.embedding import RANDOM
+    from koalarization.model.embedders import RANDOM
 
     pooled = build_embedder("efficientnet_lite0_pooled", RANDOM)
     full = build_embedder("efficientnet_lite0", RANDOM)
@@ -167,7 +167,7 @@ def test_pooled_embedder_gives_the_classifiers_pooled_features():
 
 
 def test_optimizer_by_name():
-    from koalarization.train import make_optimizer
+    from koalarization.training.train import make_optimizer
 
     assert isinstance(make_optimizer("adam", 1e-4), keras.optimizers.Adam)
     assert isinstance(make_optimizer("rmsprop", 1e-3), keras.optimizers.RMSprop)

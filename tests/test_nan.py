@@ -8,13 +8,13 @@ import keras
 import numpy as np
 import pytest
 
-from koalarization import backup
-from koalarization.checkpoint import load_trained
+from koalarization.training import backup
+from koalarization.run import load_trained
 from koalarization.cli import main
 from koalarization.config import RunConfig, TrainConfig
 from koalarization.errors import KoalarizationError
-from koalarization.model import colorizer_of
-from koalarization.train import train
+from koalarization.model.network import colorizer_of
+from koalarization.training.train import train
 
 
 class PoisonWeights(keras.callbacks.Callback):

@@ -10,10 +10,12 @@ from PIL import Image
 from conftest import synthetic_photo
 from test_cli import event_tags
 
-from koalarization import color, data
+from koalarization import color
+
+from koalarization.data import batches
 from koalarization.cli import main
 from koalarization.config import AugmentConfig
-from koalarization.preprocess import Preprocess, WeightedABLoss
+from koalarization.model.preprocess import Preprocess, WeightedABLoss
 
 
 def host_warp(rgb: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -32,7 +34,7 @@ def test_in_graph_warp_and_lab_equal_the_host_arithmetic():
     rng = np.random.default_rng(1)
     rgb = np.stack([synthetic_photo(i, (32, 32)) for i in range(4)])
     aug = AugmentConfig(rotation=30, zoom=0.3, shear=10)
-    affine = np.stack([data.random_affine(rng, aug) for _ in range(4)]).astype(np.float32)
+    affine = np.stack([batches.random_affine(rng, aug) for _ in range(4)]).astype(np.float32)
     lightness, ab = (np.asarray(t) for t in Preprocess("nearest")(rgb, affine))
     expected = np.stack([host_warp(x, m) for x, m in zip(rgb, affine)])
     # The host's warp truncated its bilinear result to uint8: on average 0.5 darker, never more than 1.
@@ -54,11 +56,11 @@ def test_warp_equals_keras_affine_transform(fill):
     """preprocess.warp is keras.ops.image.affine_transform's bilinear sampling, in ops that XLA compiles."""
     import keras
 
-    from koalarization.preprocess import affine_params, warp
+    from koalarization.model.preprocess import affine_params, warp
 
     rng = np.random.default_rng(4)
     rgb = np.stack([synthetic_photo(i, (24, 24)) for i in range(3)])
-    affine = np.stack([data.random_affine(rng, AugmentConfig(rotation=40, zoom=0.5, shear=20))
+    affine = np.stack([batches.random_affine(rng, AugmentConfig(rotation=40, zoom=0.5, shear=20))
                        for _ in range(3)]).astype(np.float32)
     ours = np.asarray(warp(rgb, affine, fill))
     theirs = keras.ops.image.affine_transform(rgb.astype(np.float32), affine_params(affine, 24),

@@ -14,10 +14,12 @@ from hypothesis.extra.numpy import arrays
 
 from corpus import deny_reads, make_corpus, reads_denied
 
-from koalarization import cache, color
+from koalarization import color
+
+from koalarization.data import cache
 from koalarization.config import AugmentConfig
-from koalarization.data import BatchSource
-from koalarization.preprocess import Preprocess
+from koalarization.data.batches import BatchSource
+from koalarization.model.preprocess import Preprocess
 
 FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # The scaled ab of any sRGB colour: |a|, |b| <= 0.843 (measured over all 16.7 M colours: the extreme is

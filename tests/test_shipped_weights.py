@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from skimage import color as skcolor
 
-from koalarization import images
-from koalarization.checkpoint import CONFIG_FILE, SHIPPED_WEIGHTS
+from koalarization.data import images
+from koalarization.run import CONFIG_FILE, SHIPPED_WEIGHTS
 from koalarization.cli import main
 from koalarization.config import RunConfig
-from koalarization.evaluate import colorfulness
+from koalarization.inference.evaluate import colorfulness
 
 PHOTO = Path(__file__).resolve().parents[1] / "data" / "coffee.jpg"
 MAX_MB = 30  # issue 10
@@ -20,7 +20,7 @@ MAX_MB = 30  # issue 10
 
 @pytest.fixture(scope="module")
 def colorizer():
-    from koalarization.colorize import Colorizer
+    from koalarization.inference.colorize import Colorizer
 
     return Colorizer(SHIPPED_WEIGHTS)
 

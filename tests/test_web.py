@@ -22,8 +22,8 @@ from fastapi import HTTPException  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 
-from koalarization.web import server  # noqa: E402
-from koalarization.web.server import create_app, model_labels, read_body  # noqa: E402
+from koalarization.inference.web import server  # noqa: E402
+from koalarization.inference.web.server import create_app, model_labels, read_body  # noqa: E402
 from conftest import synthetic_photo  # noqa: E402
 from test_colorize import make_weights  # noqa: E402
 
@@ -260,7 +260,7 @@ def test_openapi_documents_limits_and_every_error_in_one_shape(client, weights):
 
 
 def test_models_get_labels_that_tell_them_apart(tmp_path):
-    from koalarization.checkpoint import SHIPPED_WEIGHTS
+    from koalarization.run import SHIPPED_WEIGHTS
 
     run_a, run_b = tmp_path / "runs" / "a" / "colorize.weights.h5", tmp_path / "runs" / "b" / "colorize.weights.h5"
     assert model_labels([SHIPPED_WEIGHTS]) == ["shipped"]

@@ -12,7 +12,7 @@ pytest.importorskip("fastapi", reason="the web server needs fastapi (pip install
 from fastapi.testclient import TestClient  # noqa: E402
 
 from corpus import make_corpus  # noqa: E402
-from koalarization.web.server import create_app  # noqa: E402
+from koalarization.inference.web.server import create_app  # noqa: E402
 from test_colorize import make_weights  # noqa: E402
 
 

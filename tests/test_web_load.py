@@ -24,7 +24,7 @@ pytest.importorskip("uvicorn", reason="the web server needs uvicorn (pip install
 
 from conftest import REPO, synthetic_photo  # noqa: E402
 from corpus import write_bomb  # noqa: E402
-from koalarization.web.server import MAX_UPLOAD_BYTES  # noqa: E402
+from koalarization.inference.web.server import MAX_UPLOAD_BYTES  # noqa: E402
 from test_colorize import make_weights  # noqa: E402
 
 REQUESTS, CLIENTS = 200, 8

@@ -22,7 +22,7 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra.numpy import arrays  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
-from koalarization.web.server import create_app  # noqa: E402
+from koalarization.inference.web.server import create_app  # noqa: E402
 from test_colorize import make_weights  # noqa: E402
 
 OPERATIONS = {("GET", "/api/health"), ("POST", "/api/colorize")}

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, synthetic_photo
-from koalarization.checkpoint import STAMP, load_trained, save_weights_atomic
+from koalarization.run import STAMP, load_trained, save_weights_atomic
 from koalarization.cli import main
 from koalarization.config import UP, ModelConfig, RunConfig, TrainConfig, replace
 
@@ -40,8 +40,8 @@ COMMANDS = {
 def write_run(folder: Path, trained: ModelConfig, configured: ModelConfig | None = None, stamp=True) -> Path:
     """Weights of a `trained` network (stamped as train writes them, or bare as Keras writes them) beside
     a config.json that says `configured`."""
-    from koalarization.embedding import build_embedder
-    from koalarization.model import build_model, colorizer_of
+    from koalarization.model.embedders import build_embedder
+    from koalarization.model.network import build_model, colorizer_of
 
     folder.mkdir(parents=True, exist_ok=True)
     colorizer = colorizer_of(build_model(trained, build_embedder(trained.embedder)))

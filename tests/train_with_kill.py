@@ -3,9 +3,9 @@
     python tests/train_with_kill.py batch EPOCH BATCH -- TRAIN-ARGS
         killed as batch BATCH of epoch EPOCH begins (mid-epoch, between two backups)
     python tests/train_with_kill.py write NAME N -- TRAIN-ARGS
-        killed while writing the N-th (1-based) weights file named NAME: the file is left half written,
-        as by a kill in the middle of HDF5's writes (NAME: incoming.weights.h5, a backup being written, or
-        colorize.tmp.weights.h5, the best checkpoint being written)
+        killed while writing the N-th (1-based) weights file NAME: its temporary file (io.atomic_path's
+        .NAME.PID.tmp.weights.h5) is left half written, as by a kill in the middle of HDF5's writes (NAME:
+        incoming.weights.h5, a backup being written, or colorize.weights.h5, the best checkpoint)
 
 SIGKILL, not an exception: no `finally`, no atexit, no flush runs; exactly what a pre-empted machine or the
 OOM killer leaves behind. The patches live here, in the killed process only; the resumed run is plain.
@@ -28,7 +28,7 @@ def die() -> None:
 def kill_at_batch(epoch: int, batch: int) -> None:
     import keras
 
-    from koalarization import train
+    from koalarization.training import train
 
     class KillAtBatch(keras.callbacks.Callback):
         def __init__(self):
@@ -57,7 +57,7 @@ def kill_while_writing(name: str, nth: int) -> None:
 
     def save_weights(self, filepath, *args, **kwargs):
         original(self, filepath, *args, **kwargs)
-        if Path(filepath).name == name:
+        if Path(filepath).name.startswith(f".{name}."):
             seen.append(filepath)
             if len(seen) == nth:
                 data = Path(filepath).read_bytes()

@@ -3,7 +3,7 @@
     python docs/scripts/choose_gain.py --run runs/shipped [--margin 0]
 
 MSE training shrinks uncertain colours toward the mean; a gain g > 1 on how the predicted ab varies within
-each photo (model.ABGain) buys colourfulness at the price of PSNR. Rule (fixed before looking at any test set): the most colourful, i.e. the largest, g on
+each photo (network.ABGain) buys colourfulness at the price of PSNR. Rule (fixed before looking at any test set): the most colourful, i.e. the largest, g on
 a 0.1 grid whose mean PSNR on these photos is still at least --margin dB above the gray baseline's (the
 shipped weights' two targets, PSNR above gray and colour, moved onto photos we may look at). coco-val128, the test
 set, is never used here.
@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from koalarization import color, images
-from koalarization.checkpoint import WEIGHTS_FILE, load_trained
-from koalarization.data import SPLIT_FILE, Split
-from koalarization.evaluate import colorfulness, image_metrics
-from koalarization.model import ABGain
+from koalarization import color
+
+from koalarization.data import images
+from koalarization.run import WEIGHTS_FILE, load_trained
+from koalarization.data.split import SPLIT_FILE, Split
+from koalarization.inference.evaluate import colorfulness, image_metrics
+from koalarization.model.network import ABGain
 
 GAINS = np.round(np.arange(1.0, 3.01, 0.1), 2)
 

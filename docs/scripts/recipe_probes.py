@@ -24,13 +24,17 @@ import time
 import keras
 import numpy as np
 
-from koalarization import cache, color, images
+from koalarization import color
+
+from koalarization.data import cache
+
+from koalarization.data import images
 from koalarization.config import ModelConfig
-from koalarization.embedding import build_embedder
-from koalarization.evaluate import colorfulness, image_metrics
-from koalarization.model import colorizer_of
-from koalarization.preprocess import build_training_model
-from koalarization.train import make_optimizer
+from koalarization.model.embedders import build_embedder
+from koalarization.inference.evaluate import colorfulness, image_metrics
+from koalarization.model.network import colorizer_of
+from koalarization.model.preprocess import build_training_model
+from koalarization.training.train import make_optimizer
 
 EVAL = 128
 
@@ -56,7 +60,7 @@ def run(name, size, photos, embeddings, val, val_embeddings, args):
     seconds = time.time() - start
     small = np.stack([images.resize_rgb(v, size) for v in val])
     ab = np.asarray(colorizer_of(model).predict([color.lightness_uint8(small), val_embeddings], verbose=0))
-    from koalarization.colorize import join_lightness
+    from koalarization.inference.colorize import join_lightness
 
     rows = []
     for photo, predicted in zip(val, ab):

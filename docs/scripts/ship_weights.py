@@ -15,9 +15,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from koalarization.checkpoint import CONFIG_FILE, STAMP, WEIGHTS_FILE, load_trained
+from koalarization.run import CONFIG_FILE, STAMP, WEIGHTS_FILE, load_trained
 from koalarization.config import RunConfig
-from koalarization.model import ABGain
+from koalarization.model.network import ABGain
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parents[2] / "koalarization" / "weights"
 

@@ -14,7 +14,7 @@ import argparse
 import logging
 
 from koalarization.config import AugmentConfig, ModelConfig, RunConfig, TrainConfig
-from koalarization.train import train
+from koalarization.training.train import train
 
 
 def main():

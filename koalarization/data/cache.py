@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from koalarization import color, images
+from koalarization import color
+
+from koalarization.data import images
 from koalarization.errors import KoalarizationError
 from koalarization.io import cache_dir, write_text_atomic
 
@@ -144,7 +146,7 @@ def build(files, folder: str | Path, image_size: int, embedder_name: str, embedd
     """Fill `folder` with the cache of `files` (see the module docstring), resuming an interrupted build.
     runner: embedder -> a function computing its outputs for a batch of inputs as NumPy (default: Keras'
     predict_on_batch); another runtime may compute the same function faster."""
-    from koalarization.embedding import build_embedder, get_spec
+    from koalarization.model.embedders import build_embedder, get_spec
 
     folder, files = Path(folder), [Path(os.path.abspath(f)) for f in files]
     if not files:

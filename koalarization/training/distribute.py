@@ -29,7 +29,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from koalarization.backup import Start
+from koalarization.training.backup import Start
 from koalarization.errors import KoalarizationError
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class Placement:
         views = [source.view(shard=(first + r, count), pad=source.pad, start=source.start) for r in range(local)]
         per_epoch, size = len(source) + source.start, source.image_size
         begin, end = (epochs[0] * per_epoch + source.start, epochs[1] * per_epoch) if train else (0, per_epoch)
-        keys = ("rgb", "affine", "embedding", "weight")  # data.BatchSource's batch
+        keys = ("rgb", "affine", "embedding", "weight")  # batches.BatchSource's batch
         dtypes = (tf.uint8, tf.float32, tf.float32, tf.float32)
         shapes = ((None, size, size, 3), (None, 2, 2), (None, source.cache.embedding_dim), (None, 1, 1))
 
@@ -140,8 +140,8 @@ class Placement:
         chief = json.loads(self._broadcast_bytes(json.dumps({"start": asdict(start), "fp": fingerprint}).encode()))
         if self._sum(np.array([float(chief["fp"] != fingerprint)]))[0]:
             raise KoalarizationError(
-                "TF_CONFIG workers see different photos (their splits of --data differ): give every worker "
-                "the same --data contents and --seed"
+                "TF_CONFIG workers see different photos (their splits of the data differ): give every worker "
+                "the same data and seed"
             )
         values = [np.asarray(keras.ops.convert_to_numpy(v)) for v in variables]
         flat = self._broadcast(np.concatenate([v.ravel().astype(np.float64) for v in values]))
@@ -182,16 +182,16 @@ def placement(gpus: int = 0, strategy=None, environ=None) -> Placement:
         if backend == "jax":
             devices = keras.distribution.list_devices("gpu")
             if len(devices) < gpus:
-                raise KoalarizationError(f"--gpus {gpus}: only {len(devices)} GPU(s) visible to JAX")
+                raise KoalarizationError(f"gpus {gpus}: only {len(devices)} GPU(s) visible to JAX")
             keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices[:gpus]))
             return Placement(None, Cluster(), gpus)
         if backend != "tensorflow":
-            raise KoalarizationError(f"--gpus needs the tensorflow or jax backend, not {backend}")
+            raise KoalarizationError(f"gpus needs the tensorflow or jax backend, not {backend}")
         import tensorflow as tf
 
         available = tf.config.list_logical_devices("GPU")
         if len(available) < gpus:
-            raise KoalarizationError(f"--gpus {gpus}: only {len(available)} GPU(s) visible to TensorFlow")
+            raise KoalarizationError(f"gpus {gpus}: only {len(available)} GPU(s) visible to TensorFlow")
         strategy = tf.distribute.MirroredStrategy([d.name for d in available[:gpus]])
     if strategy is None:
         return Placement()

@@ -11,7 +11,7 @@ callback keeps its idea (double checkpoint, save_freq in steps) with one file pe
 
 A backup is written to a temporary name, flushed to disk and renamed, so a run killed while writing one
 resumes from the one before. `Start(epoch, batch)` means "batches 0..batch-1 of `epoch` are done"; `train`
-runs the rest of that epoch (data.BatchSource.view(start=batch)), then the remaining epochs. The state of
+runs the rest of that epoch (batches.BatchSource.view(start=batch)), then the remaining epochs. The state of
 EarlyStopping, ReduceLROnPlateau and the best-weights checkpoint is backed up too, so a resumed run makes
 the same decisions as one that was never interrupted.
 """
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import keras
 
-from koalarization.checkpoint import all_finite
+from koalarization.io import atomic_path, first_line
+from koalarization.run import all_finite, save_weights_atomic
 from koalarization.errors import KoalarizationError
 
 log = logging.getLogger(__name__)
@@ -48,18 +49,11 @@ class Start:
 
 def save(model: keras.Model, directory: Path, start: Start) -> None:
     """Back up `model` (weights and optimizer) at `start`, atomically; the last backup becomes `previous`."""
-    import h5py
-
     directory.mkdir(parents=True, exist_ok=True)
-    incoming = directory / INCOMING
-    model.save_weights(incoming, overwrite=True)
-    with h5py.File(incoming, "a") as f:
-        f.attrs[ATTRIBUTE] = json.dumps(asdict(start))
-    with open(incoming, "rb") as f:
-        os.fsync(f.fileno())  # a pre-empted machine must not come back with a renamed but empty file
+    save_weights_atomic(model, directory / INCOMING, attrs={ATTRIBUTE: json.dumps(asdict(start))})
     if (directory / LATEST).exists():
         os.replace(directory / LATEST, directory / PREVIOUS)
-    os.replace(incoming, directory / LATEST)
+    os.replace(directory / INCOMING, directory / LATEST)
 
 
 def restore(model: keras.Model, directory: Path) -> Start:
@@ -76,7 +70,7 @@ def restore(model: keras.Model, directory: Path) -> Start:
                 start = Start(**json.loads(f.attrs[ATTRIBUTE]))
             model.load_weights(path)
         except Exception as err:  # noqa: BLE001 - truncated HDF5, missing attribute, wrong network
-            errors.append(f"{name}: {(str(err).strip().splitlines() or [type(err).__name__])[0][:120]}")
+            errors.append(f"{name}: {first_line(err, 120)}")
             log.warning("backup %s is unreadable (%s); trying the one before", path, errors[-1])
             continue
         log.info("resuming from %s: epoch %d, batch %d", path, start.epoch, start.batch)
@@ -104,10 +98,8 @@ def trim_log(log_csv: Path, epoch: int) -> None:
         return
     kept = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) < epoch]
     if len(kept) < len(rows):
-        tmp = log_csv.with_name(log_csv.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(log_csv) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(kept)
-        os.replace(tmp, log_csv)
 
 
 class StepBackup(keras.callbacks.Callback):

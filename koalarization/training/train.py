@@ -29,14 +29,27 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from koalarization import backup, cache, checkpoint, color, distribute, images, sources
-from koalarization.callbacks import CurvesPlot, ValidationCurve, ValidationImages
+from koalarization import color
+
+from koalarization.training import backup
+
+from koalarization.data import cache
+
+from koalarization import run
+
+from koalarization.training import distribute
+
+from koalarization.data import images
+
+from koalarization.data import sources
+from koalarization.training.callbacks import CurvesPlot, ValidationCurve, ValidationImages
 from koalarization.config import OPTIMIZERS, PRECISIONS, RunConfig
-from koalarization.data import SPLIT_FILE, BatchSource, EpochSetter, Split, make_split
+from koalarization.data.split import SPLIT_FILE, Split, make_split
+from koalarization.data.batches import BatchSource, EpochSetter
 from koalarization.errors import KoalarizationError
 from koalarization.io import write_text_atomic
-from koalarization.model import colorizer_of
-from koalarization.preprocess import build_training_model
+from koalarization.model.network import colorizer_of
+from koalarization.model.preprocess import build_training_model
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +116,7 @@ def _check_resumable(cfg: RunConfig, output: Path) -> bool:
     """True when `output` holds an interrupted run of the same network (BackupAndRestore will resume it)."""
     if not (output / BACKUP_DIR).is_dir():
         return False
-    saved = output / checkpoint.CONFIG_FILE
+    saved = output / run.CONFIG_FILE
     if saved.is_file():
         previous = RunConfig.load(saved)
         if previous.model != cfg.model:
@@ -125,9 +138,9 @@ def build_callbacks(cfg, output, colorizer, batch_sources, val_batch, extra=(), 
     ab) photos shown in TensorBoard; start, steps: where this `fit` starts, and batches per epoch; chief:
     False on the other workers of a multi-worker job (no logs); val_data: what `fit` validates on."""
     t = cfg.train
-    best = checkpoint.ColorizerCheckpoint(
+    best = run.ColorizerCheckpoint(
         colorizer,
-        str(output / checkpoint.WEIGHTS_FILE),
+        str(output / run.WEIGHTS_FILE),
         stamp=cfg.model,  # load_trained refuses these weights beside another run's config.json
         monitor="val_loss",
         save_best_only=True,  # on resume, backup.StepBackup restores its `best`: no worse weights overwrite it
@@ -193,10 +206,12 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
     place = distribute.placement(t.gpus, strategy)  # first: MultiWorkerMirroredStrategy must precede TF work
     output = place.run_dir(Path(t.output))  # --output on the chief, a temporary folder on other workers
     output.mkdir(parents=True, exist_ok=True)
+    for partial in [*output.glob(".*.tmp*"), *(output / BACKUP_DIR).glob(".*.tmp*")]:
+        partial.unlink()  # io.atomic_path's file of a killed run: never renamed, never read
     resuming = _check_resumable(cfg, output)
     store = photo_cache(cfg, progress=verbose != 0)
     split, skipped = _split_for(cfg, output, store)
-    write_text_atomic(output / checkpoint.CONFIG_FILE, cfg.to_json())
+    write_text_atomic(output / run.CONFIG_FILE, cfg.to_json())
     log.info("photos: %d train, %d val, %d test", len(split.train), len(split.val), len(split.test))
 
     keras.utils.set_random_seed(t.seed)
@@ -245,7 +260,7 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
     losses = history.history.get("loss", [])
     diverged = next(cb.diverged for cb in cbs if isinstance(cb, backup.StepBackup))
     if diverged or (losses and not math.isfinite(losses[-1])):
-        best = output / checkpoint.WEIGHTS_FILE  # AtomicWeightsSaver never writes non-finite weights
+        best = output / run.WEIGHTS_FILE  # AtomicWeightsSaver never writes non-finite weights
         kept = (f"the best weights so far are in {best}" if best.is_file()
                 else "no epoch ended with finite weights, so none were saved")
         what = (f"the loss became {losses[-1]}" if losses and not math.isfinite(losses[-1])

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from koalarization.errors import KoalarizationError
+from koalarization.io import atomic_path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 # Pillow's own limit (about 89 M pixels warns, twice that raises) guards against decompression bombs;
@@ -336,14 +337,12 @@ def display_name(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def save_png_atomic(rgb: np.ndarray, path: Path, flag: str = "--out") -> None:
-    """uint8 RGB (H, W, 3) -> PNG at `path`, through a temporary name + os.replace: a killed or failed run
-    never leaves half a PNG under NAME.png. A write error is one KoalarizationError naming `flag`'s folder."""
+def save_png_atomic(rgb: np.ndarray, path: Path, compress_level: int = 6) -> None:
+    """uint8 RGB (H, W, 3) -> PNG at `path` (io.atomic_path: a killed or failed run never leaves half a PNG
+    under NAME.png). A write error is one KoalarizationError naming the folder."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        Image.fromarray(rgb).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(rgb).save(tmp, format="PNG", compress_level=compress_level)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise KoalarizationError(f"{flag} {path.parent}: cannot write {path.name} ({err.strerror or err})") from None
+        raise KoalarizationError(f"{path.parent}: cannot write {path.name} ({err.strerror or err})") from None

@@ -26,11 +26,12 @@ import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
-from koalarization import color, images
-from koalarization.cache import photo_inputs
-from koalarization.checkpoint import load_trained
-from koalarization.data import SPLIT_FILE, Split
-from koalarization.embedding import get_spec
+from koalarization import color
+
+from koalarization.data import images
+from koalarization.data.cache import photo_inputs
+from koalarization.run import TrainedRun
+from koalarization.model.embedders import get_spec
 from koalarization.io import write_text_atomic
 from koalarization.errors import KoalarizationError
 from koalarization.plots import plot_grid
@@ -72,16 +73,15 @@ def image_metrics(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, flo
     return float(psnr), float(ssim)
 
 
-def test_files(data: str | Path, weights: str | Path) -> list[Path]:
-    """The held-out photos of the split saved beside the weights that lie in `data` when it is a folder the
-    run trained on, else every photo of `data`."""
-    split_file = Path(weights).parent / SPLIT_FILE
-    if split_file.is_file():
-        split = Split.load(split_file)
+def test_files(data: str | Path, run: TrainedRun) -> list[Path]:
+    """The held-out photos of the run's split that lie in `data` when it is a folder the run trained on,
+    else every photo of `data`."""
+    split = run.split()
+    if split is not None:
         if split.belongs_to(data):
             folder = Path(os.path.abspath(data))
             return [f for f in split.test if f.is_relative_to(folder)]
-        log.info("%s belongs to %s, not %s: testing on every photo of %s", split_file, split.root, data, data)
+        log.info("%s belongs to %s, not %s: testing on every photo of %s", run.split_file, split.root, data, data)
     return images.find_images(data)
 
 
@@ -96,15 +96,16 @@ def _append_rows(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=None, grid_rows=8) -> dict:
+def evaluate(data, run, output, batch_size=16, embedder_weights=None, limit=None, grid_rows=8) -> dict:
     """Run `test` (see the module docstring, plus `grid.png` of `grid_rows` photos); returns the summary."""
-    files = test_files(data, weights)[:limit]
+    run = TrainedRun.at(run)
+    files = test_files(data, run)[:limit]
     if not files:
-        raise KoalarizationError(f"--data {data}: no photos to test on")
+        raise KoalarizationError(f"data {data}: no photos to test on")
     # An evenly spread, deterministic sample for the picture grid.
     in_grid = {files[int(i)] for i in np.linspace(0, len(files) - 1, min(grid_rows, len(files))).round()}
     grid = []
-    model, cfg = load_trained(weights, embedder_weights)
+    model, cfg = run.load(embedder_weights)
     size, resolution = cfg.train.image_size, get_spec(cfg.model.embedder).resolution
     output = Path(output)
     for folder in OUTPUT_FOLDERS:
@@ -139,7 +140,7 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
         bw = color.to_uint8(color.gray_rgb_from_l(lightness))
         for i, (path, name) in enumerate(names):
             for folder, img in zip(OUTPUT_FOLDERS, (predicted[i], bw[i], actual[i])):
-                images.save_png_atomic(img, output / folder / name, "--output")
+                images.save_png_atomic(img, output / folder / name)
             psnr, ssim = image_metrics(actual[i], predicted[i])
             gray_psnr, gray_ssim = image_metrics(actual[i], bw[i])
             rows.append({
@@ -155,7 +156,7 @@ def evaluate(data, weights, output, batch_size=16, embedder_weights=None, limit=
         _append_rows(metrics, rows[-len(names):])
     skipped.close()
     if not rows:
-        raise KoalarizationError(f"--data {data}: none of the {len(files)} photos could be read")
+        raise KoalarizationError(f"data {data}: none of the {len(files)} photos could be read")
 
     # Photos that are gray themselves have no colour to recover, and the gray baseline reproduces them
     # exactly (infinite PSNR): the means cover the colour photos; metrics.csv lists every photo.

@@ -130,7 +130,7 @@ class MirrorPad(layers.Layer):
 
 
 def build_model(cfg: ModelConfig, embedder: keras.Model) -> keras.Model:
-    """Inference: the colorizer with the frozen `embedder` (embedding.build_embedder) inside it, the border
+    """Inference: the colorizer with the frozen `embedder` (embedders.build_embedder) inside it, the border
     context and the ab gain (see the module docstring)."""
     colorizer = build_colorizer(cfg, embedding_dim=embedder.output.shape[-1])
     lightness = keras.Input((None, None, 1), name="L")

@@ -40,13 +40,13 @@ def labelled_photos(data_dir: str | Path) -> tuple[list[Path], np.ndarray]:
     """
     folder = Path(data_dir)
     if not folder.is_dir():
-        raise KoalarizationError(f"--data {folder}: not a folder")
+        raise KoalarizationError(f"data {folder}: not a folder")
     files = sorted(p for p in folder.iterdir()
                    if p.suffix.lower() in (".jpeg", ".jpg", ".png") and p.name.startswith("n"))
     wnids = sorted({p.name.split("_", 1)[0] for p in files})
     if len(wnids) != 1000:
         raise KoalarizationError(
-            f"--data {folder}: found {len(wnids)} distinct WordNet ids in file names (nXXXXXXXX_label.JPEG), "
+            f"data {folder}: found {len(wnids)} distinct WordNet ids in file names (nXXXXXXXX_label.JPEG), "
             "need all 1000 ImageNet classes to know each class index")
     index = {w: i for i, w in enumerate(wnids)}
     return files, np.array([index[p.name.split("_", 1)[0]] for p in files])
@@ -61,12 +61,12 @@ def imagenet_top1(name: str, data_dir: str | Path, limit: int = 250, batch_size:
     """
     from tqdm import tqdm
 
-    from koalarization.efficientnet_lite import VARIANTS, build_efficientnet_lite
+    from koalarization.model.efficientnet_lite import VARIANTS, build_efficientnet_lite
 
     files, labels = labelled_photos(data_dir)
     files, labels = files[:limit], labels[:limit]
     if not files:
-        raise KoalarizationError(f"--data {data_dir}: no photos to classify")
+        raise KoalarizationError(f"data {data_dir}: no photos to classify")
     model = build_efficientnet_lite(name, weights=weights)
     res = VARIANTS[name]["resolution"]
     top1 = top5 = 0
@@ -91,7 +91,7 @@ def embedding_seconds_per_image(name: str, n: int = 32, batch_size: int = 16, we
 
     The weights do not change the cost, so by default none are loaded.
     """
-    from koalarization.efficientnet_lite import VARIANTS, build_efficientnet_lite
+    from koalarization.model.efficientnet_lite import VARIANTS, build_efficientnet_lite
 
     model = build_efficientnet_lite(name, weights=weights)
     res = VARIANTS[name]["resolution"]
@@ -104,18 +104,3 @@ def embedding_seconds_per_image(name: str, n: int = 32, batch_size: int = 16, we
     for _ in range(batches):
         model.predict_on_batch(x)
     return (time.perf_counter() - start) / (batches * batch_size)
-
-
-if __name__ == "__main__":  # developer entry point; users go through `python -m koalarization check-embedder`
-    import argparse
-    import json
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--embedder", default="efficientnet_lite0")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--limit", type=int, default=250)
-    ap.add_argument("--batch-size", type=int, default=25)
-    args = ap.parse_args()
-    result = imagenet_top1(args.embedder, args.data, args.limit, args.batch_size)
-    result["embedding_ms_per_image"] = 1000 * embedding_seconds_per_image(args.embedder)
-    print(json.dumps(result))

@@ -82,7 +82,7 @@ class ValidationCurve(keras.callbacks.Callback):
 
 class ValidationImages(keras.callbacks.Callback):
     """Logs `count` validation photos each epoch to TensorBoard as bw | predicted | actual strips, predicted
-    by `colorizer` (model.build_colorizer's) from fixed photos, so epochs are comparable:
+    by `colorizer` (network.build_colorizer's) from fixed photos, so epochs are comparable:
     L (B, S, S, 1), embedding (B, D), ab (B, S, S, 2)."""
 
     def __init__(self, log_dir: str | Path, colorizer: keras.Model, lightness: np.ndarray, embedding: np.ndarray,

@@ -1,6 +1,6 @@
 """Export a trained model for serving without this package: TensorFlow SavedModel or ONNX.
 
-Both hold the full model (embedder included) with the contract of `model.build_model`:
+Both hold the full model (embedder included) with the contract of `network.build_model`:
 
     input  "L"            (B, S, S, 1) float32, L / 50 - 1 in [-1, 1]: the photo squashed to S x S (S: any
                           multiple of 8; the trained size, `train.image_size` in config.json, works best)
@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from koalarization.checkpoint import load_trained
+from koalarization.run import TrainedRun
 from koalarization.errors import KoalarizationError
+from koalarization.io import atomic_path, first_line
 
 FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx"}
 
@@ -38,7 +37,7 @@ def _check_onnx_tools() -> None:
     missing = [name for name in ("tf2onnx", "onnx") if _missing(name)]
     if missing:
         raise KoalarizationError(
-            f"--format onnx needs {' and '.join(missing)}: pip install tf2onnx onnx (onnxruntime to run it)"
+            f"format onnx needs {' and '.join(missing)}: pip install tf2onnx onnx (onnxruntime to run it)"
         )
 
 
@@ -48,45 +47,33 @@ def _missing(module: str) -> bool:
     return importlib.util.find_spec(module) is None
 
 
-def export(weights: str | Path, fmt: str, out: str | Path, embedder_weights: str | None = None) -> Path:
-    """Write the model of `weights` (config.json beside it) to `out` as `fmt` ("savedmodel" | "onnx").
+def export(run, fmt: str, out: str | Path, embedder_weights: str | None = None) -> Path:
+    """Write the model of `run` (a TrainedRun or its weights file) to `out` as `fmt` ("savedmodel" | "onnx").
 
     `out` is a folder for SavedModel and a file for ONNX. It is written under a temporary name first and
     then renamed, so an interrupted export never leaves something that looks finished.
     """
     if fmt not in FORMATS:
-        raise KoalarizationError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+        raise KoalarizationError(f"format {fmt}: choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         _check_onnx_tools()
     out = Path(out)
     if out.parent and not out.parent.exists():
-        raise KoalarizationError(f"--out {out}: folder {out.parent} does not exist")
-    from koalarization.embedding import get_spec
+        raise KoalarizationError(f"out {out}: folder {out.parent} does not exist")
+    from koalarization.model.embedders import get_spec
 
-    model, cfg = load_trained(weights, embedder_weights)
+    model, cfg = TrainedRun.at(run).load(embedder_weights)
     size, resolution = cfg.train.image_size, get_spec(cfg.model.embedder).resolution
     # Keras' ONNX export refuses a model never called
     model({"L": np.zeros((1, size, size, 1), np.float32), "L_embedder": np.zeros((1, resolution, resolution, 1), np.float32)})
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         # Keras prints the whole signature while exporting; the CLI prints one line instead.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with atomic_path(out) as tmp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             # Keras' tf2onnx shim probes `np.object`, which NumPy 2 answers with a FutureWarning: harmless.
             warnings.filterwarnings("ignore", message=".*np.object.*", category=FutureWarning)
             model.export(str(tmp), format=FORMATS[fmt], verbose=False)
-        if out.is_dir():
-            shutil.rmtree(out)
-        elif out.exists():
-            out.unlink()
-        os.replace(tmp, out)
     except KoalarizationError:
         raise
     except Exception as err:  # noqa: BLE001 - TF, tf2onnx and OS errors all mean "the export failed"
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise KoalarizationError(f"--format {fmt}: export to {out} failed ({first})") from None
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        raise KoalarizationError(f"format {fmt}: export to {out} failed ({first_line(err)})") from None
     return out

@@ -40,9 +40,9 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from koalarization import images
-from koalarization.checkpoint import SHIPPED_WEIGHTS
-from koalarization.colorize import Colorizer
+from koalarization.data import images
+from koalarization.run import TrainedRun
+from koalarization.inference.colorize import Colorizer
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +103,17 @@ def pixel_count(n: int) -> str:
     return f"{n / 1e6:.1f}".removesuffix(".0") + " million" if n >= 100_000 else f"{n:,}"
 
 
-def model_labels(weights: list[Path]) -> list[str]:
-    """A name per model for the page, the API and download names: 'shipped' or the run's folder; two equal
-    names get their parent folder too, and then their position."""
-    shipped = SHIPPED_WEIGHTS.resolve()
+def model_labels(runs) -> list[str]:
+    """A name per model (TrainedRun, or its weights file) for the page, the API and download names: the
+    run's name ('shipped' or its folder); two equal names get their parent folder too, then their position."""
+    runs = [TrainedRun.at(r) for r in runs]
 
-    def label(path: Path, parents: int) -> str:
-        if path.resolve() == shipped:
-            return "shipped"
-        return "/".join(path.resolve().parent.parts[-parents:])
+    def label(run: TrainedRun, parents: int) -> str:
+        return run.name if run.shipped or parents == 1 else "/".join(run.folder.resolve().parts[-parents:])
 
-    labels = [label(w, 1) for w in weights]
+    labels = [label(r, 1) for r in runs]
     if len(set(labels)) < len(labels):
-        labels = [label(w, 2) for w in weights]
+        labels = [label(r, 2) for r in runs]
     if len(set(labels)) < len(labels):
         labels = [f"{name} #{i + 1}" for i, name in enumerate(labels)]
     return labels
@@ -227,15 +225,15 @@ def _error_responses(codes: dict[int, str]) -> dict:
     return responses
 
 
-def create_app(weights: list[str], max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
+def create_app(runs: list, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
                embedder_weights: str | None = None, max_running: int = MAX_RUNNING,
                max_waiting: int = MAX_WAITING) -> FastAPI:
-    """The app with one Colorizer per weights file (one or two, compared side by side on the page).
+    """The app with one Colorizer per run (TrainedRun or weights file; one or two, compared side by side).
 
     max_running: photos colorized at once; max_waiting: further requests admitted to wait for them.
     """
-    colorizers = [Colorizer(w, embedder_weights=embedder_weights) for w in weights]
-    labels = model_labels([c.weights for c in colorizers])
+    colorizers = [Colorizer(r, embedder_weights=embedder_weights) for r in runs]
+    labels = model_labels([c.run for c in colorizers])
     # Requests reading their upload, waiting or running; a waiting one holds a worker thread (anyio has 40).
     admitted = threading.BoundedSemaphore(max_running + max_waiting)
     busy = threading.BoundedSemaphore(max_running)
@@ -347,7 +345,7 @@ def _exit_on_signal(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def serve(weights: list[str], host: str = "127.0.0.1", port: int = 8000, **app_options) -> None:
+def serve(runs: list, host: str = "127.0.0.1", port: int = 8000, **app_options) -> None:
     """Run the app with uvicorn until interrupted (Ctrl-C) or terminated (SIGTERM)."""
     import uvicorn
 
@@ -355,4 +353,4 @@ def serve(weights: list[str], host: str = "127.0.0.1", port: int = 8000, **app_o
     # the SIGTERM it caught once it has shut down gracefully. TensorFlow deletes its autograph modules
     # (__autograph_generated_file*.py in TMPDIR) in an atexit handler: leaving through SystemExit runs it.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    uvicorn.run(create_app(weights, **app_options), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(runs, **app_options), host=host, port=port, log_level="info")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from koalarization import images
+from koalarization.data import images
 from koalarization.errors import KoalarizationError
 
 

@@ -1,4 +1,8 @@
-"""Saving and loading trained weights with the config they need.
+"""A trained run: its folder, weights, config and split, saved and loaded together.
+
+    TrainedRun.at(weights or None)   the run whose weights file is `weights`; None: the weights that ship
+                                     with koalarization (docs/model_card.md)
+    run.load() -> (model.network.build_model's model with the weights, RunConfig)
 
 A run's folder holds `colorize.weights.h5` (the trainable colorizer only; the frozen embedder is rebuilt
 from its own pretrained source) and `config.json` (the RunConfig used). The weights file also carries the
@@ -13,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import numpy as np
 
 from koalarization.config import ModelConfig, RunConfig
 from koalarization.errors import KoalarizationError
+from koalarization.io import atomic_path, first_line
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +36,49 @@ STAMP = "koalarization_model"  # HDF5 attribute: the ModelConfig as JSON
 SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / WEIGHTS_FILE
 
 
-def config_path_for(weights: Path) -> Path:
-    return Path(weights).parent / CONFIG_FILE
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """A run folder, named by its weights file (config.json and split.json lie beside it)."""
+
+    weights: Path
+
+    @classmethod
+    def at(cls, weights: "str | Path | TrainedRun | None" = None) -> "TrainedRun":
+        if isinstance(weights, TrainedRun):
+            return weights
+        return cls(Path(weights) if weights is not None else SHIPPED_WEIGHTS)
+
+    @property
+    def folder(self) -> Path:
+        return self.weights.parent
+
+    @property
+    def config_file(self) -> Path:
+        return self.folder / CONFIG_FILE
+
+    @property
+    def split_file(self) -> Path:
+        from koalarization.data.split import SPLIT_FILE
+
+        return self.folder / SPLIT_FILE
+
+    @property
+    def shipped(self) -> bool:
+        return self.weights.resolve() == SHIPPED_WEIGHTS.resolve()
+
+    @property
+    def name(self) -> str:
+        """'shipped' for the packaged weights, else the run folder's name."""
+        return "shipped" if self.shipped else self.folder.resolve().name
+
+    def split(self):
+        """The run's data.split.Split, or None when there is no split.json (the shipped weights)."""
+        from koalarization.data.split import Split
+
+        return Split.load(self.split_file) if self.split_file.is_file() else None
+
+    def load(self, embedder_weights: str | None = None) -> tuple[keras.Model, RunConfig]:
+        return load_trained(self.weights, embedder_weights)
 
 
 def all_finite(model: keras.Model) -> bool:
@@ -42,20 +87,19 @@ def all_finite(model: keras.Model) -> bool:
     return all(np.isfinite(keras.ops.convert_to_numpy(v)).all() for v in model.trainable_weights)
 
 
-def save_weights_atomic(model: keras.Model, path: str | Path, stamp: ModelConfig | None = None) -> None:
-    """model.save_weights through a temporary file, fsync and a rename: a kill mid-write leaves the old
-    file. stamp: the ModelConfig to record in the file (what `load_trained` checks config.json against)."""
+def save_weights_atomic(model: keras.Model, path: str | Path, stamp: ModelConfig | None = None,
+                        attrs: dict | None = None) -> None:
+    """model.save_weights through io.atomic_path: a kill mid-write leaves the old file. stamp: the
+    ModelConfig to record in the file (what `load_trained` checks config.json against); attrs: more HDF5
+    attributes to record (backups store their position)."""
     import h5py
 
-    path = Path(path)
-    tmp = path.with_name(path.name.removesuffix(".weights.h5") + ".tmp.weights.h5")
-    model.save_weights(tmp, overwrite=True)
-    if stamp is not None:
-        with h5py.File(tmp, "a") as f:
-            f.attrs[STAMP] = json.dumps(dataclasses.asdict(stamp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())  # a machine that loses power must not come back with a renamed, empty file
-    os.replace(tmp, path)
+    attrs = {**({STAMP: json.dumps(dataclasses.asdict(stamp))} if stamp is not None else {}), **(attrs or {})}
+    with atomic_path(path, suffix=".weights.h5") as tmp:  # Keras chooses the format by the name's end
+        model.save_weights(tmp, overwrite=True)
+        if attrs:
+            with h5py.File(tmp, "a") as f:
+                f.attrs.update(attrs)
 
 
 class AtomicWeightsSaver:
@@ -95,11 +139,6 @@ def _weighted(model_cfg: ModelConfig) -> ModelConfig:
     return dataclasses.replace(model_cfg, **{f: getattr(ModelConfig, f) for f in WEIGHTLESS_FIELDS})
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
-
-
 def _read_weights_file(weights: Path) -> tuple[list[tuple], ModelConfig | None]:
     """-> (sorted weight shapes, the stamped ModelConfig or None); problems as one-line errors."""
     import h5py
@@ -115,10 +154,10 @@ def _read_weights_file(weights: Path) -> tuple[list[tuple], ModelConfig | None]:
         elif "signature" in str(err) or "not an HDF5" in str(err):
             why = "not an HDF5 weights file"
         else:
-            why = f"unreadable ({_first_line(err)})"
-        raise KoalarizationError(f"--weights {weights}: cannot load it: {why}; use a complete {WEIGHTS_FILE}") from None
+            why = f"unreadable ({first_line(err)})"
+        raise KoalarizationError(f"weights {weights}: cannot load it: {why}; use a complete {WEIGHTS_FILE}") from None
     if not shapes:
-        raise KoalarizationError(f"--weights {weights}: holds no weights; use the colorize.weights.h5 of a run")
+        raise KoalarizationError(f"weights {weights}: holds no weights; use the colorize.weights.h5 of a run")
     stamp = None
     if raw is not None:
         raw = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -133,25 +172,25 @@ def _read_weights_file(weights: Path) -> tuple[list[tuple], ModelConfig | None]:
 
 def _describe_mismatch(weights: Path, config_file: Path, trained: ModelConfig, configured: ModelConfig) -> str:
     if trained.embedder != configured.embedder:
-        return (f"--weights {weights}: trained with embedder {trained.embedder}, but {config_file} says "
+        return (f"weights {weights}: trained with embedder {trained.embedder}, but {config_file} says "
                 f"{configured.embedder}; use the config.json written beside these weights by their run")
     fields = [f.name for f in dataclasses.fields(ModelConfig)
               if getattr(trained, f.name) != getattr(configured, f.name)]
-    return (f"--weights {weights}: trained with another network than {config_file} describes "
+    return (f"weights {weights}: trained with another network than {config_file} describes "
             f"({', '.join(fields)} differ); use the config.json written beside these weights by their run")
 
 
 def load_trained(weights: str | Path, embedder_weights: str | None = None) -> tuple[keras.Model, RunConfig]:
-    """The inference model (model.build_model) with trained weights, and the RunConfig it was trained with.
+    """The inference model (network.build_model) with trained weights, and the RunConfig it was trained with.
     Every problem with the file (missing, truncated, another network, size or embedder) is one
     KoalarizationError naming the file."""
-    from koalarization.embedding import build_embedder
-    from koalarization.model import build_model, colorizer_of
+    from koalarization.model.embedders import build_embedder
+    from koalarization.model.network import build_model, colorizer_of
 
     weights = Path(weights)
     if not weights.is_file():
-        raise KoalarizationError(f"--weights {weights}: file not found")
-    config_file = config_path_for(weights)
+        raise KoalarizationError(f"weights {weights}: file not found")
+    config_file = TrainedRun(weights).config_file
     if not config_file.is_file():
         raise KoalarizationError(f"{config_file}: missing; the weights need the config.json written beside them")
     cfg = RunConfig.load(config_file)
@@ -164,7 +203,7 @@ def load_trained(weights: str | Path, embedder_weights: str | None = None) -> tu
     expected = sorted(tuple(v.shape) for v in colorizer.weights)
     if shapes != expected:  # Keras would skip extra layers silently, or fail deep inside its loader
         raise KoalarizationError(
-            f"--weights {weights}: weights of another network than {config_file} describes ({len(shapes)} "
+            f"weights {weights}: weights of another network than {config_file} describes ({len(shapes)} "
             f"arrays in the file, {len(expected)} in the network, or other shapes); use the config.json "
             f"written beside these weights by their run"
         )
@@ -174,6 +213,6 @@ def load_trained(weights: str | Path, embedder_weights: str | None = None) -> tu
             colorizer.load_weights(weights)
     except Exception as err:  # noqa: BLE001 - h5py, Keras and OS errors all mean "wrong or broken file"
         raise KoalarizationError(
-            f"--weights {weights}: cannot load into the network of {config_file} ({_first_line(err)})"
+            f"weights {weights}: cannot load into the network of {config_file} ({first_line(err)})"
         ) from None
     return model, cfg

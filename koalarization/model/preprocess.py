@@ -1,17 +1,17 @@
 """The training model's data side, in the graph: augmentation, Lab conversion and scaling (keras.ops, so it
 runs on any Keras backend and on the accelerator).
 
-The input threads only read uint8 photos and their cached embeddings (data.BatchSource); everything else
-happens here, once per batch. The augmentation matrices are drawn on the host (data.random_affine) so a
+The input threads only read uint8 photos and their cached embeddings (batches.BatchSource); everything else
+happens here, once per batch. The augmentation matrices are drawn on the host (batches.random_affine) so a
 batch stays a pure function of (seed, epoch, index); the warp is bilinear sampling written in keras.ops
 (`warp`: keras.ops.image.affine_transform does the same, but TensorFlow's kernel for it cannot be compiled
 with XLA, so a jit-compiled train step could not hold it); the Lab arithmetic is color.py's, xp=keras.ops.
 
     build_training_model(cfg, D, fill)
-        {"rgb": uint8 (B, S, S, 3) unwarped, "affine": float32 (B, 2, 2) data.random_affine's matrices,
+        {"rgb": uint8 (B, S, S, 3) unwarped, "affine": float32 (B, 2, 2) batches.random_affine's matrices,
          "embedding": float32 (B, D), "weight": float32 (B, 1, 1)}  ->  ab (B, S, S, 2)
         The loss (WeightedABLoss) is added inside the model, so compile with loss=None. The colorizer is
-        model.build_colorizer's, a nested layer named "colorizer": checkpoints are the same as inference's.
+        network.build_colorizer's, a nested layer named "colorizer": checkpoints are the same as inference's.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from keras import ops
 
 from koalarization import color
 from koalarization.config import ModelConfig
-from koalarization.model import build_colorizer
+from koalarization.model.network import build_colorizer
 
 
 def affine_params(matrix, size: int, xp=np):
-    """data.random_affine's matrices (B, 2, 2), about the image centre in continuous pixel coordinates
+    """batches.random_affine's matrices (B, 2, 2), about the image centre in continuous pixel coordinates
     (x, y from 0 to S) -> (B, 8) for keras.ops.image.affine_transform, which works in pixel indices:
     output (x, y) reads input (a0 x + a1 y + a2, b0 x + b1 y + b2)."""
     a, b, d, e = matrix[:, 0, 0], matrix[:, 0, 1], matrix[:, 1, 0], matrix[:, 1, 1]
@@ -48,7 +48,7 @@ def _fold(x, size: int, fill: str):
 
 
 def warp(rgb, affine, fill: str = "nearest"):
-    """uint8 or float RGB (B, S, S, 3) and data.random_affine's matrices (B, 2, 2) -> float32 (B, S, S, 3):
+    """uint8 or float RGB (B, S, S, 3) and batches.random_affine's matrices (B, 2, 2) -> float32 (B, S, S, 3):
     output pixel (x, y) is the bilinear sample of the input at affine_params' (a0 x + a1 y + a2, ...)."""
     x = ops.cast(rgb, "float32")
     size = x.shape[1]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from koalarization.errors import KoalarizationError
-from koalarization.io import cache_dir
+from koalarization.io import atomic_path, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -296,19 +296,17 @@ def _load_h5(model, path: Path) -> None:
 
 
 def _read_and_convert(name: str, pth: Path) -> list[tuple[str, np.ndarray]]:
-    from koalarization.torch_legacy import load_legacy_state_dict
+    from koalarization.model.torch_legacy import load_legacy_state_dict
 
     return convert_state_dict(name, load_legacy_state_dict(pth))
 
 
 def _write_cache(model, cached: Path) -> None:
-    """Save ``model``'s weights to ``cached`` via a temp file + os.replace, so that readers (another
-    process loading the same embedder) never see a half-written file."""
-    tmp = cached.with_name(f"{cached.name[:-len('.weights.h5')]}.tmp{os.getpid()}.weights.h5")
+    """Save ``model``'s weights to ``cached`` atomically, so that readers (another process loading the same
+    embedder) never see a half-written file."""
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        model.save_weights(tmp)
-        os.replace(tmp, cached)
+        with atomic_path(cached, suffix=".weights.h5") as tmp:
+            model.save_weights(tmp)
     except OSError as e:  # a read-only cache only costs speed
         log.warning("could not cache converted weights in %s: %s", cached.parent, e)
-        tmp.unlink(missing_ok=True)

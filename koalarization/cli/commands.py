@@ -1,0 +1,122 @@
+"""What each command does with its parsed flags: call one function of the package, print its result for
+people. Errors are KoalarizationError; cli.main prints them on one line."""
+
+from __future__ import annotations
+
+import json
+
+from koalarization.cli.parsers import run_config_from_args
+from koalarization.errors import KoalarizationError
+from koalarization.run import TrainedRun
+
+
+def train(args) -> int:
+    from koalarization.model.embedders import get_spec
+    from koalarization.training.train import train as run_training
+
+    cfg = run_config_from_args(args)
+    get_spec(cfg.model.embedder)  # an unknown name fails before anything is built
+    result = run_training(cfg)
+    ended = "early stopping ended the run" if result.stopped_early else "ran the epochs asked for"
+    best = (f"; best epoch {result.best_epoch} (val_loss {result.best_val_loss:.5f})"
+            if result.best_epoch is not None else "")
+    print(f"trained {result.epochs_run} epoch(s): {ended}{best}; best weights: "
+          f"{TrainedRun(result.output / 'colorize.weights.h5').weights}"
+          + (f"; skipped {result.skipped_files} file(s) (gray or unreadable)" if result.skipped_files else ""))
+    return 0
+
+
+def prepare(args) -> int:
+    from koalarization.training.train import photo_cache
+
+    store = photo_cache(run_config_from_args(args))
+    print(f"cached {len(store.rows)} photos ({len(store.skipped)} skipped: gray or unreadable) at "
+          f"{store.image_size} px in {store.folder}; train with the same flags uses it")
+    return 0
+
+
+def test(args) -> int:
+    from koalarization.inference.evaluate import evaluate, format_summary
+
+    summary = evaluate(args.data, TrainedRun.at(args.weights), args.output, batch_size=args.batch_size,
+                       embedder_weights=args.embedder_weights, limit=args.limit, grid_rows=args.grid_rows)
+    print(format_summary(summary, args.output))
+    return 0
+
+
+def colorize(args) -> int:
+    from koalarization.inference.colorize import colorize_files
+
+    s = colorize_files(args.inputs, TrainedRun.at(args.weights), args.out, size=args.size,
+                       saturation=args.saturation, batch_size=args.batch_size,
+                       embedder_weights=args.embedder_weights)
+    print(f"colorized {s['colorized']} photo(s) into {s['out']} in {s['seconds']:.1f} s"
+          + (f"; skipped {s['skipped']} unreadable" if s["skipped"] else ""))
+    return 0
+
+
+def serve(args) -> int:
+    runs = [TrainedRun.at(w) for w in args.weights or [None]]  # append: None when --weights is not given
+    if len(runs) > 2:
+        raise KoalarizationError(f"weights given {len(runs)} times: the page compares at most two models")
+    try:
+        from koalarization.inference.web.server import serve as run_server
+    except ImportError as err:
+        raise KoalarizationError(f"serve needs {err.name}: "
+                                 "pip install fastapi fastapi-offline uvicorn python-multipart") from None
+    run_server(runs, host=args.host, port=args.port, embedder_weights=args.embedder_weights)
+    return 0
+
+
+def export(args) -> int:
+    from koalarization.inference.export import export as write_export
+
+    out = write_export(TrainedRun.at(args.weights), args.format, args.out, embedder_weights=args.embedder_weights)
+    print(f"exported {args.format} to {out}")
+    return 0
+
+
+def check_embedder(args) -> int:
+    from koalarization.bench.embedder_check import imagenet_top1
+    from koalarization.model.efficientnet_lite import VARIANTS
+
+    if args.embedder not in VARIANTS:
+        raise KoalarizationError(f"embedder {args.embedder}: check-embedder supports {', '.join(VARIANTS)}")
+    print(json.dumps(imagenet_top1(args.embedder, args.data, limit=args.limit,
+                                   weights=args.embedder_weights or "auto")))
+    return 0
+
+
+def benchmark_colorize(args) -> int:
+    from koalarization.bench.latency import benchmark_latency
+
+    benchmark_latency(TrainedRun.at(args.weights), runs=args.runs, size=args.size)
+    return 0
+
+
+def benchmark(args) -> int:
+    cfg = run_config_from_args(args)
+    if args.benchmark == "pipeline":
+        import dataclasses
+
+        from koalarization.bench.pipeline import bench_pipeline
+
+        if args.no_augment:
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+                cfg.train, augment=dataclasses.replace(cfg.train.augment, enabled=False)))
+        if not vars(args).get("model.embedder"):  # installs offline, and is the shipped weights' embedder
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, embedder="efficientnet_lite0_pooled"))
+        result = bench_pipeline(cfg, steps=args.steps, repeat_list=args.repeat_list, reference=args.reference,
+                                memory_check=args.memory_check, memory_only=args.memory_only)
+    else:
+        from koalarization.bench.train_step import bench_train
+
+        result = bench_train(cfg, steps=args.steps, warmup=args.warmup)
+    print(json.dumps(result))
+    return 0
+
+
+COMMANDS = {
+    "train": train, "prepare": prepare, "test": test, "colorize": colorize, "serve": serve, "export": export,
+    "check-embedder": check_embedder, "benchmark-colorize": benchmark_colorize, "benchmark": benchmark,
+}

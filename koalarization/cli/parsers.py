@@ -1,0 +1,184 @@
+"""Every command line of koalarization: the one place that uses argparse.
+
+Flags shared by several commands are declared once (argparse `parents=`); `train`'s and `prepare`'s flags
+are generated from the config dataclasses (config.option's help text), so every config field has a flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+WEIGHTS_HELP = ("colorize.weights.h5 of a trained run (config.json beside it); default: the weights shipped "
+                "with koalarization (docs/model_card.md)")
+
+
+def config_flags(parser, cls, section: str, only=None) -> None:
+    """One flag per field of the config dataclass `cls` (nested ones included), named after the field, with
+    its help text; default None, so unset flags keep the value of --config or of the config's defaults.
+    dest is "section.field" (run_config_from_args reads them back). only: the field names to include."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            if only is None:
+                config_flags(parser, hints[f.name], f"{section}.{f.name}")
+            continue
+        if f.metadata.get("flag") is False or (only is not None and f.name not in only):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "enabled":  # AugmentConfig.enabled is --augment / --no-augment
+            flag = "--" + section.rsplit(".", 1)[-1]
+        shown = "" if default in ((), None) else f" (default: {default})"
+        kwargs = {"dest": f"{section}.{f.name}", "default": None, "help": f"{f.metadata['help']}{shown}"}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kind = next((t for t in (int, float, str) if t in typing.get_args(hints[f.name]) or t is hints[f.name]), str)
+            kwargs.update(type=kind, nargs=f.metadata.get("nargs"), choices=f.metadata.get("choices"),
+                          metavar=f.metadata.get("metavar", None if "choices" in f.metadata else f.name.upper()))
+        parser.add_argument(flag, **kwargs)
+
+
+def _parents() -> dict[str, argparse.ArgumentParser]:
+    """Flags that several commands share, each declared here once."""
+    weights = argparse.ArgumentParser(add_help=False)
+    weights.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    embedder_weights = argparse.ArgumentParser(add_help=False)
+    embedder_weights.add_argument("--embedder-weights", default=None, metavar="PATH",
+                                  help="local weights file of the embedder (instead of its download or package)")
+    size = argparse.ArgumentParser(add_help=False)
+    size.add_argument("--size", type=int, default=None, metavar="S",
+                      help="network working size, a multiple of 8 (default: the size the weights were trained at)")
+    return {"weights": weights, "embedder_weights": embedder_weights, "size": size}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from koalarization.config import ModelConfig, TrainConfig
+
+    shared = _parents()
+    model_parents = [shared["weights"], shared["embedder_weights"]]
+    parser = argparse.ArgumentParser(
+        prog="koalarization", description="Deep Koalarization: colorize photos with a CNN and a global embedding."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and TensorFlow's own start-up messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train on folders of photos",
+                       description="Train Deep Koalarization. Every setting of the run has a flag; --config "
+                                   "reruns a saved config.json (flags given beside it override it).")
+    p.add_argument("--config", metavar="FILE", help="a run's config.json to start from (e.g. the shipped "
+                                                     "weights' koalarization/weights/config.json)")
+    config_flags(p.add_argument_group("data and training"), TrainConfig, "train")
+    config_flags(p.add_argument_group("network"), ModelConfig, "model")
+
+    p = sub.add_parser("prepare", help="decode the photos and compute their embeddings once, ahead of train",
+                       description="Build the cache that train reads (train builds it itself when it is "
+                                   "missing): every photo at the working size, with its embedding.")
+    config_flags(p, TrainConfig, "train", only={"data", "data_list", "exclude_list", "image_size", "cache",
+                                                "workers", "embedder_weights"})
+    config_flags(p, ModelConfig, "model", only={"embedder"})
+
+    p = sub.add_parser("test", help="colorize the held-out photos and measure them", parents=model_parents,
+                       description="Write predicted/, bw/, actual/, metrics.csv and summary.json.")
+    p.add_argument("--data", required=True, help="a folder the run trained on (its held-out photos there), or any folder")
+    p.add_argument("--output", default="model_output/test", help="where to write (default: model_output/test)")
+    p.add_argument("--batch-size", type=int, default=16, help="photos per network call (default: 16)")
+    p.add_argument("--limit", type=int, default=None, help="test on the first N photos only")
+    p.add_argument("--grid-rows", type=int, default=8, help="photos in grid.png (default: 8)")
+
+    p = sub.add_parser("colorize", help="colorize photos at their full resolution",
+                       parents=[*model_parents, shared["size"]],
+                       description="Colorize photos; each output PNG keeps its photo's size and orientation.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files, folders (searched recursively) or globs")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the colorized PNGs")
+    p.add_argument("--saturation", type=float, default=1.0, help="0 gray, 1 as predicted (default), up to 4")
+    p.add_argument("--batch-size", type=int, default=8, help="photos per network call (default: 8)")
+
+    p = sub.add_parser("serve", help="web page and HTTP API for colorizing photos", parents=[shared["embedder_weights"]],
+                       description="Serve the colorizing page at http://HOST:PORT/ and the API at /api (docs: /docs).")
+    p.add_argument("--weights", default=None, action="append",
+                   help=WEIGHTS_HELP + "; give it twice to compare two models side by side")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+
+    p = sub.add_parser("export", help="export a trained model as a TensorFlow SavedModel or ONNX", parents=model_parents,
+                       description="Export the inference model (L and the embedder's L -> ab) for serving elsewhere.")
+    p.add_argument("--format", required=True, choices=["savedmodel", "onnx"])
+    p.add_argument("--out", required=True, metavar="PATH", help="SavedModel folder or .onnx file to write")
+
+    p = sub.add_parser("check-embedder", help="ImageNet top-1 of an embedder on labelled photos",
+                       parents=[shared["embedder_weights"]],
+                       description="Classify photos named nXXXXXXXX_label.JPEG (all 1000 classes present) "
+                                   "and print top-1/top-5 accuracy and the time per image.")
+    p.add_argument("--embedder", default="efficientnet_lite0")
+    p.add_argument("--data", required=True,
+                   help="folder of ImageNet photos named nXXXXXXXX_label.JPEG, all 1000 classes (docs/reference.md)")
+    p.add_argument("--limit", type=int, default=250, help="first N photos by file name (default: 250)")
+
+    p = sub.add_parser("benchmark-colorize", help="median CPU latency of colorizing a 1 MP and a 12 MP photo",
+                       parents=[shared["weights"], shared["size"]])
+    p.add_argument("--runs", type=int, default=5, help="timed runs per size (default: 5)")
+
+    bench = sub.add_parser("benchmark", help="measure the input pipeline or the training step",
+                           description="Print photos/s (and more) as one JSON object on the last line.")
+    kinds = bench.add_subparsers(dest="benchmark", required=True)
+    p = kinds.add_parser("pipeline", help="batches as `train` makes them: cache, batches, in-graph preprocessing")
+    config_flags(p, TrainConfig, "train", only={"data", "batch_size", "image_size", "cache", "workers", "seed"})
+    config_flags(p, ModelConfig, "model", only={"embedder"})
+    p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    p.add_argument("--steps", type=int, default=None, help="batches to make (default: one epoch of the photos)")
+    p.add_argument("--reference", action="store_true", help="also time the reference-style pipeline, same photos")
+    p.add_argument("--repeat-list", type=int, default=1, metavar="K", help="list every photo K times")
+    p.add_argument("--memory-check", type=int, default=None, metavar="K",
+                   help="compare peak memory of fresh runs with the photo list 1x and Kx as long")
+    p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the memory check's runs
+    p = kinds.add_parser("train", help="training steps of the model `train` builds, on synthetic batches")
+    p.add_argument("--config", metavar="FILE", help="a run's config.json (default: the defaults, as train's)")
+    config_flags(p, TrainConfig, "train", only={"batch_size", "image_size", "precision", "jit_compile"})
+    config_flags(p, ModelConfig, "model", only={"embedder"})
+    p.add_argument("--steps", type=int, default=5, help="timed steps (default: 5; the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    return parser
+
+
+def run_config_from_args(args):
+    """The RunConfig of the config flags: --config (or the defaults), with every given flag on top."""
+    from koalarization.config import RunConfig
+
+    cfg = RunConfig.load(args.config) if getattr(args, "config", None) else RunConfig()
+    given = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    for section in ("model", "train", "train.augment"):
+        changes = {k.rsplit(".", 1)[1]: v for k, v in given.items() if k.rsplit(".", 1)[0] == section}
+        if not changes:
+            continue
+        if section == "train.augment":
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+                cfg.train, augment=dataclasses.replace(cfg.train.augment, **changes)))
+        else:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+    return cfg
+
+
+def flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """{dest or config field: how people write it} for one command, e.g. {"weights": "--weights",
+    "inputs": "INPUT", "learning_rate": "--learning-rate"}."""
+    actions = list(parser._actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub = action.choices[command]
+            actions += sub._actions
+            for inner in sub._actions:  # `benchmark pipeline`: one level more
+                if isinstance(inner, argparse._SubParsersAction):
+                    for choice in inner.choices.values():
+                        actions += choice._actions
+    names = {}
+    for action in actions:
+        name = action.dest.rsplit(".", 1)[-1]
+        if action.option_strings:
+            names.setdefault(name, max(action.option_strings, key=len).replace("--no-", "--"))
+        elif action.metavar:
+            names.setdefault(name, action.metavar)
+    return names
