@@ -86,3 +86,13 @@ def test_argparse_in_the_cli_only_and_the_measuring_kit_imported_by_the_cli_only
     assert {m for m, t in graph.items() if "argparse" in t} <= {"koalarization.cli.parsers"}
     users = {m for m, t in graph.items() for b in t if b.startswith("koalarization.bench")}
     assert {u for u in users if not u.startswith(("koalarization.bench", "koalarization.cli"))} == set()
+
+
+def test_importing_the_cli_imports_no_keras():
+    """cli.main imports Keras itself, with TensorFlow's C++ start-up lines hidden: nothing may before."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import sys, koalarization.cli; print('keras' in sys.modules)"],
+                          capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.strip() == "False"

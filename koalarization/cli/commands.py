@@ -7,7 +7,14 @@ import json
 
 from koalarization.cli.parsers import run_config_from_args
 from koalarization.errors import KoalarizationError
-from koalarization.run import TrainedRun
+
+
+def trained_run(weights):
+    """--weights as a TrainedRun (the shipped weights when not given). Imported here, not at the top:
+    importing the CLI must not import Keras (cli.main imports it with TensorFlow's start-up lines hidden)."""
+    from koalarization.run import TrainedRun
+
+    return TrainedRun.at(weights)
 
 
 def train(args) -> int:
@@ -21,7 +28,7 @@ def train(args) -> int:
     best = (f"; best epoch {result.best_epoch} (val_loss {result.best_val_loss:.5f})"
             if result.best_epoch is not None else "")
     print(f"trained {result.epochs_run} epoch(s): {ended}{best}; best weights: "
-          f"{TrainedRun(result.output / 'colorize.weights.h5').weights}"
+          f"{trained_run(result.output / 'colorize.weights.h5').weights}"
           + (f"; skipped {result.skipped_files} file(s) (gray or unreadable)" if result.skipped_files else ""))
     return 0
 
@@ -38,7 +45,7 @@ def prepare(args) -> int:
 def test(args) -> int:
     from koalarization.inference.evaluate import evaluate, format_summary
 
-    summary = evaluate(args.data, TrainedRun.at(args.weights), args.output, batch_size=args.batch_size,
+    summary = evaluate(args.data, trained_run(args.weights), args.output, batch_size=args.batch_size,
                        embedder_weights=args.embedder_weights, limit=args.limit, grid_rows=args.grid_rows)
     print(format_summary(summary, args.output))
     return 0
@@ -47,7 +54,7 @@ def test(args) -> int:
 def colorize(args) -> int:
     from koalarization.inference.colorize import colorize_files
 
-    s = colorize_files(args.inputs, TrainedRun.at(args.weights), args.out, size=args.size,
+    s = colorize_files(args.inputs, trained_run(args.weights), args.out, size=args.size,
                        saturation=args.saturation, batch_size=args.batch_size,
                        embedder_weights=args.embedder_weights)
     print(f"colorized {s['colorized']} photo(s) into {s['out']} in {s['seconds']:.1f} s"
@@ -56,7 +63,7 @@ def colorize(args) -> int:
 
 
 def serve(args) -> int:
-    runs = [TrainedRun.at(w) for w in args.weights or [None]]  # append: None when --weights is not given
+    runs = [trained_run(w) for w in args.weights or [None]]  # append: None when --weights is not given
     if len(runs) > 2:
         raise KoalarizationError(f"weights given {len(runs)} times: the page compares at most two models")
     try:
@@ -71,7 +78,7 @@ def serve(args) -> int:
 def export(args) -> int:
     from koalarization.inference.export import export as write_export
 
-    out = write_export(TrainedRun.at(args.weights), args.format, args.out, embedder_weights=args.embedder_weights)
+    out = write_export(trained_run(args.weights), args.format, args.out, embedder_weights=args.embedder_weights)
     print(f"exported {args.format} to {out}")
     return 0
 
@@ -90,7 +97,7 @@ def check_embedder(args) -> int:
 def benchmark_colorize(args) -> int:
     from koalarization.bench.latency import benchmark_latency
 
-    benchmark_latency(TrainedRun.at(args.weights), runs=args.runs, size=args.size)
+    benchmark_latency(trained_run(args.weights), runs=args.runs, size=args.size)
     return 0
 
 
