@@ -118,7 +118,7 @@ def main() -> int:
     flags = args.train_flags[1:] if args.train_flags[:1] == ["--"] else args.train_flags
     cfg = run_config_from_args(build_parser().parse_args(["train", *flags]))
     if args.tiny:
-        cfg = replace(cfg, model=ModelConfig(**TINY))
+        cfg = replace(cfg, model=ModelConfig(**TINY), train=replace(cfg.train, image_size=32))
     batches.BatchSource.sample = recording_sample
     if args.no_workaround:
         distribute.apply_keras_workaround = lambda: False

@@ -230,7 +230,7 @@ def test_train_on_bad_folders_is_one_error_line(corpus, tmp_path):
             shutil.copy(case.path, bad_only / case.path.name)
     shutil.copy(corpus["gray_jpeg"].path, bad_only)  # gray photos teach no colour either
     empty = make_empty_folder(tmp_path)
-    for data, fragment in [(empty, "no usable colour photos"), (bad_only, "no usable colour photos"),
+    for data, fragment in [(empty, "no photos found"), (bad_only, "no usable colour photos"),
                            (tmp_path / "missing", "no such folder"),
                            (corpus["fifo"].path, "not a regular file: a FIFO"),
                            (corpus["device_link"].path, "not a regular file: a character device")]:
@@ -577,10 +577,10 @@ def test_a_failure_at_the_end_of_test_keeps_every_photos_results(three_photos, w
 def test_a_failure_in_mid_run_keeps_the_rows_of_the_batches_done(three_photos, weights, tmp_path, monkeypatch):
     save = images.save_png_atomic
 
-    def full_disk_at_p2(rgb, path, flag="--out"):
+    def full_disk_at_p2(rgb, path, **kwargs):
         if path.name == "p2.png":
-            raise KoalarizationError(f"{flag} {path.parent}: cannot write {path.name} (No space left)")
-        save(rgb, path, flag)
+            raise KoalarizationError(f"{path.parent}: cannot write {path.name} (No space left)")
+        save(rgb, path, **kwargs)
 
     monkeypatch.setattr(images, "save_png_atomic", full_disk_at_p2)
     status, _, err, _ = run(["test", "--data", str(three_photos), "--weights", str(weights), "--output",

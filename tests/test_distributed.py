@@ -70,7 +70,7 @@ def train_here(args, stop=None):
     """Train in this process with the tiny network; returns the final colorizer weights."""
     cfg = run_config_from_args(build_parser().parse_args(["train", *args]))
     final = Final(stop)
-    train(replace(cfg, model=ModelConfig(**TINY)), callbacks=[final], verbose=0)
+    train(replace(cfg, model=ModelConfig(**TINY), train=replace(cfg.train, image_size=32)), callbacks=[final], verbose=0)
     return final.weights
 
 

@@ -35,7 +35,7 @@ def test_wheel_holds_the_web_page_and_the_shipped_weights(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("koalarization-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         sizes = {info.filename: info.file_size for info in archive.infolist()}
-    expected = [path for folder in ("web/static", "weights") for path in (REPO / "koalarization" / folder).iterdir()]
+    expected = [path for folder in ("inference/web/static", "weights") for path in (REPO / "koalarization" / folder).iterdir()]
     assert {p.name for p in expected} >= {"index.html", "app.js", "colorize.weights.h5", "config.json"}
     for path in expected:
         name = path.relative_to(REPO).as_posix()

@@ -79,7 +79,8 @@ def server(tmp_path_factory):
     weights = make_weights(tmp_path_factory.mktemp("model"))
     tmp, cwd = tmp_path_factory.mktemp("server_tmp"), tmp_path_factory.mktemp("server_cwd")
     port = free_port()
-    env = dict(os.environ, TMPDIR=str(tmp), TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    env = dict(os.environ, TMPDIR=str(tmp), TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     process = subprocess.Popen([sys.executable, "-m", "koalarization", "serve", "--weights", str(weights),
                                 "--port", str(port)], cwd=cwd, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -44,7 +44,8 @@ def server(tmp_path_factory):
     tmp, cwd = tmp_path_factory.mktemp("serve_tmp"), tmp_path_factory.mktemp("serve_cwd")
     log = cwd.parent / "serve.log"
     port = free_port()
-    env = dict(os.environ, TMPDIR=str(tmp), TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    env = dict(os.environ, TMPDIR=str(tmp), TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     with open(log, "w") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "koalarization", "serve", "--port", str(port)],
                                    cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)

@@ -1,10 +1,11 @@
 """Copy a trained run's best weights into the package (koalarization/weights/), stored as float16.
 
-    python docs/scripts/ship_weights.py --run runs/shipped --ab-gain 2.0
+    python docs/scripts/ship_weights.py --run RUN --ab-gain G --border-context B
 
 Writes koalarization/weights/colorize.weights.h5 (float16 arrays: Keras casts them to the float32
-variables on load) and config.json (the run's config with the chosen ab_gain), then loads them back with
-`load_trained` and prints the file size and the largest difference from the float32 weights' output.
+variables on load) and config.json (the run's config with the chosen weightless settings, from
+docs/scripts/calibrate.py; `train --config koalarization/weights/config.json` reruns the recipe), then loads
+both back and prints the file size and the largest difference from the float32 weights' output.
 """
 
 import argparse
@@ -45,23 +46,30 @@ def to_float16(src: Path, dst: Path, stamp: str) -> None:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="a train output folder")
-    p.add_argument("--ab-gain", type=float, required=True, help="from docs/scripts/choose_gain.py")
+    p.add_argument("--ab-gain", type=float, required=True, help="from docs/scripts/calibrate.py")
+    p.add_argument("--border-context", type=int, required=True, help="from docs/scripts/calibrate.py")
     p.add_argument("--out", default=str(PACKAGE_WEIGHTS))
     args = p.parse_args()
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = RunConfig.load(run / CONFIG_FILE)
-    shipped = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ab_gain=args.ab_gain),
-                                  train=dataclasses.replace(cfg.train, data="../shared/data/imagenet-sample",
-                                                            output=run.name, prepared=None))
+    model = dataclasses.replace(cfg.model, ab_gain=args.ab_gain, border_context=args.border_context)
+    shipped = dataclasses.replace(cfg, model=model, train=dataclasses.replace(cfg.train, output=run.name))
     to_float16(run / WEIGHTS_FILE, out / WEIGHTS_FILE, json.dumps(dataclasses.asdict(shipped.model)))
     (out / CONFIG_FILE).write_text(shipped.to_json() + "\n")
 
-    reference, _ = load_trained(run / WEIGHTS_FILE)
+    # The run's float32 weights under the shipped settings, against the float16 copy.
+    (run / "shipped-check").mkdir(exist_ok=True)
+    (run / "shipped-check" / CONFIG_FILE).write_text(shipped.to_json())
+    (run / "shipped-check" / WEIGHTS_FILE).write_bytes((run / WEIGHTS_FILE).read_bytes())
+    reference, _ = load_trained(run / "shipped-check" / WEIGHTS_FILE)
     loaded, _ = load_trained(out / WEIGHTS_FILE)
-    lightness = np.random.default_rng(0).uniform(-1, 1, (2, cfg.model.image_size, cfg.model.image_size, 1))
-    expected = np.asarray(ABGain(args.ab_gain)(np.asarray(reference.predict(lightness, verbose=0))))
-    got = np.asarray(loaded.predict(lightness, verbose=0))
+    rng = np.random.default_rng(0)
+    size, resolution = cfg.train.image_size, 224
+    inputs = {"L": rng.uniform(-1, 1, (2, size, size, 1)).astype("float32"),
+              "L_embedder": rng.uniform(-1, 1, (2, resolution, resolution, 1)).astype("float32")}
+    expected = np.asarray(reference.predict_on_batch(inputs))
+    got = np.asarray(loaded.predict_on_batch(inputs))
     print(json.dumps({"weights": str(out / WEIGHTS_FILE), "mb": (out / WEIGHTS_FILE).stat().st_size / 2**20,
                       "max_abs_diff_vs_float32": float(np.abs(expected - got).max())}))
 

@@ -12,6 +12,7 @@ memory stays a few batches whatever the size of the set.
                                embedder's own resolution, resized from the full photo (not from S x S:
                                a classifier fed a 64 px blur loses most of what it knows)
     DIR/shard-00000.json       {"skipped": {i: reason}}: written last, so a shard without it is redone
+                               (every file is written through io.atomic_path)
 
 A build that is interrupted resumes at its first unfinished shard. Photos that are gray (by file mode or by
 content, color.is_gray) or unreadable are recorded with the reason and never trained on.
@@ -33,7 +34,7 @@ from koalarization import color
 
 from koalarization.data import images
 from koalarization.errors import KoalarizationError
-from koalarization.io import cache_dir, write_text_atomic
+from koalarization.io import atomic_path, cache_dir, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -187,34 +188,27 @@ def _build_shard(folder, k, shard, image_size, resolution, dim, embed, pool, bar
             return str(err).removeprefix(f"{path}: ")
 
     skipped: dict[int, str] = {}
-    photo_tmp, embedding_tmp = folder / f"{PHOTOS.format(k)}.tmp", folder / f"{EMBEDDINGS.format(k)}.tmp"
-    try:
-        with open(photo_tmp, "wb") as photos, open(embedding_tmp, "wb") as embeddings:
-            np.lib.format.write_array_header_1_0(photos, {"descr": "|u1", "fortran_order": False,
-                                                          "shape": (len(shard), image_size, image_size, 3)})
-            np.lib.format.write_array_header_1_0(embeddings, {"descr": "<f4", "fortran_order": False,
-                                                              "shape": (len(shard), dim)})
-            for first in range(0, len(shard), CHUNK):
-                results = list(pool.map(one, shard[first : first + CHUNK]))
-                good = [r for r in results if not isinstance(r, str)]
-                vectors = iter(np.asarray(embed(np.stack([r[1] for r in good])), np.float32) if good else [])
-                for i, result in enumerate(results, start=first):
-                    if isinstance(result, str):
-                        skipped[i] = result
-                        photos.write(bytes(image_size * image_size * 3))
-                        embeddings.write(bytes(4 * dim))
-                    else:
-                        photos.write(np.ascontiguousarray(result[0], np.uint8).tobytes())
-                        embeddings.write(next(vectors).tobytes())
-                bar.update(len(results))
-            for f in (photos, embeddings):
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(photo_tmp, folder / PHOTOS.format(k))
-        os.replace(embedding_tmp, folder / EMBEDDINGS.format(k))
-    finally:  # interrupted: the shard is redone next time, from scratch
-        photo_tmp.unlink(missing_ok=True)
-        embedding_tmp.unlink(missing_ok=True)
+    # io.atomic_path's names are per process: several workers of one machine may build the same cache
+    # at once; each writes its own temporary files, and identical contents are renamed into place.
+    with atomic_path(folder / PHOTOS.format(k)) as photo_tmp, atomic_path(folder / EMBEDDINGS.format(k)) as embedding_tmp, \
+            open(photo_tmp, "wb") as photos, open(embedding_tmp, "wb") as embeddings:
+        np.lib.format.write_array_header_1_0(photos, {"descr": "|u1", "fortran_order": False,
+                                                      "shape": (len(shard), image_size, image_size, 3)})
+        np.lib.format.write_array_header_1_0(embeddings, {"descr": "<f4", "fortran_order": False,
+                                                          "shape": (len(shard), dim)})
+        for first in range(0, len(shard), CHUNK):
+            results = list(pool.map(one, shard[first : first + CHUNK]))
+            good = [r for r in results if not isinstance(r, str)]
+            vectors = iter(np.asarray(embed(np.stack([r[1] for r in good])), np.float32) if good else [])
+            for i, result in enumerate(results, start=first):
+                if isinstance(result, str):
+                    skipped[i] = result
+                    photos.write(bytes(image_size * image_size * 3))
+                    embeddings.write(bytes(4 * dim))
+                else:
+                    photos.write(np.ascontiguousarray(result[0], np.uint8).tobytes())
+                    embeddings.write(next(vectors).tobytes())
+            bar.update(len(results))
     write_text_atomic(folder / DONE.format(k), json.dumps({"skipped": {str(i): r for i, r in skipped.items()}}))
 
 

@@ -95,7 +95,8 @@ class ValidationImages(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "images"))
 
     def on_epoch_end(self, epoch, logs=None):
-        predicted_ab = np.asarray(self.colorizer.predict_on_batch([self.lightness, self.embedding]))
+        # predict, not predict_on_batch: under a tf.distribute strategy the latter gives one replica's share
+        predicted_ab = np.asarray(self.colorizer.predict([self.lightness, self.embedding], verbose=0))
         strips = np.concatenate(
             [
                 color.gray_rgb_from_l(self.lightness),

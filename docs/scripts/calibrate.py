@@ -1,0 +1,88 @@
+"""Choose a trained run's weightless settings, border_context and ab_gain, on its own validation photos.
+
+    python docs/scripts/calibrate.py --run RUN [--limit 2000] [--target-db 1.0]
+
+The validation photos come from the same data sets as the training photos and were never trained on; the
+photos on which results are published are never used here. For every border context and gain, on the
+validation photos at the working size (as `test` measures): PSNR against the gray baseline's, colourfulness
+as a share of the photos' own, and the frame statistic (evaluate.frame_statistic). The rule, fixed before
+any published photo was looked at:
+
+    border_context  the smallest of 0, 8, 16, 24 px whose mean frame statistic is at most 1.0
+    ab_gain         the largest gain on a 0.1 grid whose mean PSNR is at least --target-db above the gray
+                    baseline's (the published target); 1.0 when even the raw predictions are below it
+
+Prints one JSON line per setting, then the chosen one as JSON on the last line. Reads photos and their
+embeddings from the run's training cache (its config's `cache`, or the automatic one), so nothing is
+decoded or embedded again.
+"""
+
+import argparse
+import json
+
+import numpy as np
+
+from koalarization import color
+from koalarization.data import cache, sources
+from koalarization.inference.evaluate import colorfulness, frame_statistic, image_metrics
+from koalarization.model.network import colorizer_of
+from koalarization.run import TrainedRun
+
+BORDERS = (0, 8, 16, 24)
+GAINS = np.round(np.arange(1.0, 3.01, 0.1), 2)
+
+
+def variation_gain(ab: np.ndarray, gain: float) -> np.ndarray:
+    """network.ABGain in NumPy: each photo's mean ab kept, the variation around it times `gain`."""
+    cast = ab.mean(axis=(1, 2), keepdims=True)
+    return np.clip(cast + gain * (ab - cast), -1.0, 1.0)
+
+
+def scores(photos: np.ndarray, lightness: np.ndarray, ab: np.ndarray) -> dict:
+    predicted = color.to_uint8(color.network_to_rgb(lightness, ab))
+    gray = color.to_uint8(color.gray_rgb_from_l(lightness))
+    psnr = np.mean([image_metrics(a, p)[0] for a, p in zip(photos, predicted)])
+    gray_psnr = np.mean([image_metrics(a, g)[0] for a, g in zip(photos, gray)])
+    ours, truth = (np.mean([colorfulness(x) for x in xs]) for xs in (predicted, photos))
+    return {"psnr": float(psnr), "gray_psnr": float(gray_psnr), "gain_db": float(psnr - gray_psnr),
+            "colourfulness_share": float(ours / truth),
+            "frame": float(np.nanmean([frame_statistic(p) for p in predicted]))}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a train output folder")
+    parser.add_argument("--limit", type=int, default=2000, help="validation photos to use (default: 2000)")
+    parser.add_argument("--target-db", type=float, default=1.0, help="dB above the gray baseline to keep")
+    args = parser.parse_args()
+    run = TrainedRun.at(f"{args.run}/colorize.weights.h5")
+    model, cfg = run.load()
+    if cfg.model.ab_gain != 1.0 or cfg.model.border_context:
+        raise SystemExit(f"{args.run}: calibrate a run as trained (ab_gain 1, border_context 0)")
+    t = cfg.train
+    files = sources.photo_paths(t.data, t.data_list, t.exclude_list)
+    store = cache.Cache(t.cache or cache.default_folder(files, t.image_size, cfg.model.embedder, t.embedder_weights))
+    val = run.split().val[: args.limit]
+    photos = np.stack([store.photo(store.row_of(p)) for p in val])
+    embeddings = np.stack([store.embedding(store.row_of(p)) for p in val])
+    lightness, _ = color.rgb_uint8_to_network(photos)
+    colorizer = colorizer_of(model)
+    rows = []
+    for border in BORDERS:
+        padded = np.pad(lightness, ((0, 0), (border, border), (border, border), (0, 0)), mode="reflect")
+        raw = np.asarray(colorizer.predict([padded, embeddings], batch_size=64, verbose=0))
+        raw = raw[:, border : border + lightness.shape[1], border : border + lightness.shape[2]]
+        for gain in GAINS:
+            rows.append({"border_context": border, "ab_gain": float(gain), "n_images": len(val),
+                         **scores(photos, lightness, variation_gain(raw, gain))})
+            print(json.dumps(rows[-1]), flush=True)
+    unframed = [b for b in BORDERS if next(r for r in rows if r["border_context"] == b)["frame"] <= 1.0]
+    border = unframed[0] if unframed else BORDERS[-1]
+    candidates = [r for r in rows if r["border_context"] == border]
+    kept = [r for r in candidates if r["gain_db"] >= args.target_db]
+    chosen = kept[-1] if kept else candidates[0]
+    print(json.dumps(chosen))
+
+
+if __name__ == "__main__":
+    main()
