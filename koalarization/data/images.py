@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from koalarization.data import png
 from koalarization.errors import KoalarizationError
 from koalarization.io import atomic_path
 
@@ -158,7 +159,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
@@ -182,7 +183,8 @@ def _decode(image: Image.Image, path, source, max_side: int | None = None) -> np
             problem = _jpeg_problem(image, source, max_side)
             if problem:
                 raise ImageError(f"{path}: {problem}")
-        rgb = _to_rgb(ImageOps.exif_transpose(image))
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a 12 MP photo
+        rgb = _to_rgb(image)
         rgb.load()
     except ImageError:
         raise
@@ -337,12 +339,12 @@ def display_name(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def save_png_atomic(rgb: np.ndarray, path: Path, compress_level: int = 6) -> None:
+def save_png_atomic(rgb: np.ndarray, path: Path, compress_level: int = png.LEVEL) -> None:
     """uint8 RGB (H, W, 3) -> PNG at `path` (io.atomic_path: a killed or failed run never leaves half a PNG
-    under NAME.png). A write error is one KoalarizationError naming the folder."""
+    under NAME.png), encoded by data.png on every core. A write error is one KoalarizationError naming the folder."""
     path = Path(path)
     try:
-        with atomic_path(path) as tmp:
-            Image.fromarray(rgb).save(tmp, format="PNG", compress_level=compress_level)
+        with atomic_path(path) as tmp, open(tmp, "wb") as file:
+            png.write_png(rgb, file, compress_level)
     except OSError as err:
         raise KoalarizationError(f"{path.parent}: cannot write {path.name} ({err.strerror or err})") from None
