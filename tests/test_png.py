@@ -14,6 +14,19 @@ from PIL import Image
 from koalarization.data import images, png
 
 
+@pytest.fixture(params=["zlib", "isal"], autouse=True)
+def deflater(request, monkeypatch):
+    """Every test with zlib's deflate (the fallback) and ISA-L's (when installed, the default)."""
+    if request.param == "isal":
+        module = pytest.importorskip("isal.isal_zlib")
+        monkeypatch.setattr(png, "DEFLATE", module)
+        monkeypatch.setattr(png, "LEVEL", 3)
+    else:
+        monkeypatch.setattr(png, "DEFLATE", zlib)
+        monkeypatch.setattr(png, "LEVEL", 1)
+    return request.param
+
+
 def encode(pixels: np.ndarray, **kwargs) -> bytes:
     buffer = io.BytesIO()
     png.write_png(pixels, buffer, **kwargs)
@@ -49,16 +62,17 @@ def test_round_trips_exactly(shape):
     assert np.array_equal(decode_with_zlib(data), pixels.reshape(*shape[:2], -1))
 
 
-@pytest.mark.parametrize("level", [0, 1, 6])
-def test_bands_deflated_apart_make_one_valid_stream(monkeypatch, level):
+@pytest.mark.parametrize("level", ["lowest", "default", "highest"])
+def test_bands_deflated_apart_make_one_valid_stream(monkeypatch, deflater, level):
     monkeypatch.setattr(png, "BAND_BYTES", 1000)  # 61-byte rows: 16 rows a band, 7 bands
-    pixels = np.random.default_rng(level).integers(0, 256, (100, 20, 3), dtype=np.uint8)
+    pixels = np.random.default_rng(0).integers(0, 256, (100, 20, 3), dtype=np.uint8)
     pixels[40:] = pixels[40:41]  # repeated rows: Up filters them to zeros, which deflate to almost nothing
-    data = encode(pixels, level=level)
+    data = encode(pixels, level={"lowest": 0, "default": png.LEVEL, "highest": {"zlib": 9, "isal": 3}[deflater]}[level])
     assert data.count(b"IDAT") == 7
     assert np.array_equal(decode_with_zlib(data), pixels)
     with Image.open(io.BytesIO(data)) as read:
         assert np.array_equal(np.asarray(read), pixels)
+    assert len(encode(pixels)) < pixels.size / 2  # the repeated rows did deflate
 
 
 def test_refuses_what_it_cannot_write():

@@ -339,9 +339,10 @@ def display_name(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def save_png_atomic(rgb: np.ndarray, path: Path, compress_level: int = png.LEVEL) -> None:
+def save_png_atomic(rgb: np.ndarray, path: Path, compress_level: int | None = None) -> None:
     """uint8 RGB (H, W, 3) -> PNG at `path` (io.atomic_path: a killed or failed run never leaves half a PNG
-    under NAME.png), encoded by data.png on every core. A write error is one KoalarizationError naming the folder."""
+    under NAME.png), encoded by data.png on every core; compress_level on its deflater's scale (default
+    png.LEVEL). A write error is one KoalarizationError naming the folder."""
     path = Path(path)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as file:

@@ -1,15 +1,16 @@
 """Writing PNG files fast: full-resolution outputs are 12 MP and more, and PNG encoding was most of the time.
 
-    write_png(pixels uint8 (H, W) | (H, W, 3) | (H, W, 4), file, level=LEVEL)  -> an ordinary 8-bit PNG
+    write_png(pixels uint8 (H, W) | (H, W, 3) | (H, W, 4), file)  -> an ordinary 8-bit PNG
 
 Pillow's PNG writer takes ~7 s for a 12 MP photo at its default level 6, and still ~1.5 s at level 1, on one
-core: it tries five filters on every row to pick one, then deflates the whole image on one thread. Here
-every row gets the Up filter (PNG spec, section 9.2: each byte minus the byte above it; one NumPy
+core: it tries five filters on every row to pick one, then deflates the whole image with zlib on one thread.
+Here every row gets the Up filter (PNG spec, section 9.2: each byte minus the byte above it; one NumPy
 subtraction), and bands of rows are deflated on all cores at once, as pigz does: each band is its own raw
 deflate stream, ended with a sync flush (an empty stored block, RFC 1951 section 3.2.4) so that the next
 one starts on a byte boundary and the bands concatenate into one valid zlib stream; a band never refers
-back into the one before it. Any PNG reader reads the result (tests/test_png.py decodes it with Pillow, and
-with zlib alone); its size is in docs/colorize.md, "Latency".
+back into the one before it. The deflater is ISA-L's (the `isal` package), ~3x faster than zlib's fastest
+level for files as small; without it, zlib's. Any PNG reader reads the result (tests/test_png.py decodes it
+with Pillow, and with zlib alone); sizes and times are in docs/colorize.md, "Latency".
 """
 
 from __future__ import annotations
@@ -22,9 +23,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-# zlib level: 1 deflates ~6x faster than 6; the files are 0-16 % larger than Pillow's level 6 on the sample
-# photos in data/, and the same size on a noisy 12 MP photo, where noise, not the search for matches, decides.
-LEVEL = 1
+try:
+    from isal import isal_zlib as DEFLATE
+
+    # ISA-L's scale is 0-3. 3, on the 12 MP benchmark photo: ~0.25 s of CPU for 16.6 MB, where zlib's level 1
+    # takes ~0.6 s for 16.6 MB and Pillow's level 6 ~7 s for 16.6 MB. On the photos in data/ the files are
+    # 6 % larger than zlib's level 6 (zlib's level 1: 5 %).
+    LEVEL = 3
+except ImportError:  # same API, stdlib
+    DEFLATE = zlib
+    # 1 deflates ~6x faster than 6; the files are 0-16 % larger than Pillow's level 6 on the photos in
+    # data/, and the same size on a noisy 12 MP photo, where noise, not the search for matches, decides.
+    LEVEL = 1
 # Raw bytes per band: every band restarts the compressor's 32 KB window, which costs nothing at this size.
 BAND_BYTES = 4 << 20
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -34,7 +44,7 @@ _UP = 2  # PNG filter type 2
 
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
-    """zlib lets go of the GIL while it deflates, so threads use every core."""
+    """zlib and ISA-L let go of the GIL while they deflate, so threads use every core."""
     return ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="koalarization-png")
 
 
@@ -53,8 +63,10 @@ def filtered_rows(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_png(pixels: np.ndarray, file, level: int = LEVEL) -> None:
-    """Write `pixels` (uint8 (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA) to the binary file object `file`."""
+def write_png(pixels: np.ndarray, file, level: int | None = None) -> None:
+    """Write `pixels` (uint8 (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA) to the binary file object `file`.
+    level: on DEFLATE's own scale (default LEVEL)."""
+    level = LEVEL if level is None else level
     pixels = np.ascontiguousarray(pixels)
     if pixels.ndim == 2:
         pixels = pixels[..., None]
@@ -64,13 +76,13 @@ def write_png(pixels: np.ndarray, file, level: int = LEVEL) -> None:
     scanlines = filtered_rows(pixels)
     band_rows = max(1, BAND_BYTES // scanlines.shape[1])
     bands = [scanlines[start : start + band_rows] for start in range(0, height, band_rows)]
-    header = zlib.compress(b"", level)[:2]  # the zlib wrapper: written once, around the bands' raw streams
+    header = DEFLATE.compress(b"", level)[:2]  # the zlib wrapper: written once, around the bands' raw streams
 
     def deflate(i: int) -> tuple[bytes, int]:
         """-> (band i's raw deflate data, CRC-32 of "IDAT" + what comes before it in its chunk + it)."""
-        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
-        data = compressor.compress(bands[i]) + compressor.flush(zlib.Z_FINISH if i == len(bands) - 1
-                                                                else zlib.Z_SYNC_FLUSH)
+        compressor = DEFLATE.compressobj(level, DEFLATE.DEFLATED, -15)
+        data = compressor.compress(bands[i]) + compressor.flush(DEFLATE.Z_FINISH if i == len(bands) - 1
+                                                                else DEFLATE.Z_SYNC_FLUSH)
         return data, zlib.crc32(data, zlib.crc32(header if i == 0 else b"", zlib.crc32(b"IDAT")))
 
     deflated = _pool().map(deflate, range(len(bands)))
