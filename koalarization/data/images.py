@@ -280,10 +280,21 @@ def resize_rgb(rgb: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 
     The reference squashes every photo to a square without keeping the aspect ratio; so do we.
     """
-    height, width = (size, size) if isinstance(size, int) else size
-    if rgb.shape[:2] == (height, width):
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0))
+    return resize_rgb_each(rgb, [size])[0]
+
+
+def resize_rgb_each(rgb: np.ndarray, sizes: list[int | tuple[int, int]]) -> list[np.ndarray]:
+    """resize_rgb to each of `sizes`, handing the photo to Pillow once: for a 12 MP photo the hand-over (a
+    fresh 48 MB Pillow image, filled and copied into) takes ~60 ms, more than a resize."""
+    image, resized = None, []
+    for size in sizes:
+        height, width = (size, size) if isinstance(size, int) else size
+        if rgb.shape[:2] == (height, width):
+            resized.append(rgb)
+            continue
+        image = Image.fromarray(rgb) if image is None else image
+        resized.append(np.asarray(image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)))
+    return resized
 
 
 def load_rgb_bytes(data: bytes, name: str = "upload") -> np.ndarray:
