@@ -224,7 +224,7 @@ def test_benchmark_times_every_stage_file_to_file_and_ends_with_one_json_line(we
         for timing in [*photo["stages"].values(), photo["total"]]:
             assert 0 <= timing["min"] <= timing["median"] <= timing["max"] < 30
         assert sum(s["min"] for s in photo["stages"].values()) <= photo["total"]["max"]
-        assert photo["png_bytes"] > 0 and photo["jpeg_bytes"] > 0
+        assert photo["png_bytes"] > 0 and photo["jpeg_bytes"] > 0 and photo["warmup_seconds"] > 0
     for stage in (*STAGES, "total"):  # the table for people: one row per stage and size
         assert sum(line.split()[:1] == [stage] for line in lines) == 2, stage
     with Image.open(tmp_path / "synthetic-0.03mp.png") as written:  # a real PNG file was written

@@ -96,12 +96,13 @@ def benchmark_latency(run, megapixels=(1, 12), runs: int = 5, size=None, saturat
             rgb = synthetic_rgb(mp)
             source, target = folder / f"synthetic-{mp:g}mp.jpg", folder / f"synthetic-{mp:g}mp.png"
             Image.fromarray(rgb).save(source, quality=JPEG_QUALITY)
-            colorize_file(colorizer, source, target, saturation)  # warm-up: traces and compiles
+            warmup = colorize_file(colorizer, source, target, saturation)["total"]  # traces and compiles
             timings = [colorize_file(colorizer, source, target, saturation) for _ in range(runs)]
             photo = {"megapixels": mp, "width": rgb.shape[1], "height": rgb.shape[0],
                      "jpeg_bytes": source.stat().st_size, "png_bytes": target.stat().st_size,
                      "stages": {s: _summary([t.get(s, 0.0) for t in timings]) for s in STAGES},
-                     "total": _summary([t["total"] for t in timings]), "cpu": _summary([t["cpu"] for t in timings])}
+                     "total": _summary([t["total"] for t in timings]), "cpu": _summary([t["cpu"] for t in timings]),
+                     "warmup_seconds": round(warmup, 3)}
             result["photos"].append(photo)
             _print_photo(photo, result)
     result["machine"]["load_average_after"] = machine()["load_average"]
@@ -117,4 +118,5 @@ def _print_photo(photo: dict, result: dict) -> None:
     print(f"  {'stage':<10} {'median s':>9} {'min-max s':>15}")
     for name, s in [*photo["stages"].items(), ("total", photo["total"]), ("cpu", photo["cpu"])]:
         print(f"  {name:<10} {s['median']:>9.3f} {s['min']:>7.3f}-{s['max']:<7.3f}")
-    print("  (cpu: CPU seconds of all threads per run; above the total where the work used several cores)")
+    print(f"  (cpu: CPU seconds of all threads per run; above the total where the work used several cores. "
+          f"The warm-up run, which compiles, took {photo['warmup_seconds']:.1f} s)")
