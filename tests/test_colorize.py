@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from pathlib import Path
@@ -12,8 +13,9 @@ from PIL import Image, ImageOps
 from skimage import color as skcolor
 
 from koalarization.data import images
-from koalarization.bench.latency import benchmark_latency
-from koalarization.inference.colorize import Colorizer, colorize_files, expand_inputs, join_lightness
+from koalarization.bench.latency import STAGES
+from koalarization.inference import colorize as colorize_module
+from koalarization.inference.colorize import UpsampledAB, Colorizer, colorize_files, expand_inputs, join_lightness
 from koalarization.errors import KoalarizationError
 from koalarization.cli import main
 from conftest import synthetic_photo
@@ -210,7 +212,61 @@ def test_colorize_command_prints_one_summary_line(weights, tmp_path, capsys):
     assert (out[..., 0] == out[..., 2]).all()  # --saturation 0 reached the colorizer
 
 
-def test_benchmark_reports_a_median_per_size(weights, capsys):
-    medians = benchmark_latency(weights, megapixels=(0.01, 0.05), runs=2)
-    assert set(medians) == {0.01, 0.05} and all(0 < s < 30 for s in medians.values())
-    assert capsys.readouterr().out.count("median") == 2
+def test_benchmark_times_every_stage_file_to_file_and_ends_with_one_json_line(weights, tmp_path, capsys):
+    assert main(["benchmark-colorize", "--weights", str(weights), "--megapixels", "0.01", "0.03", "--runs", "2",
+                 "--saturation", "2", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert [p["megapixels"] for p in result["photos"]] == [0.01, 0.03] and result["runs"] == 2
+    assert result["machine"]["cpus"] >= 1 and result["saturation"] == 2.0
+    for photo in result["photos"]:
+        assert list(photo["stages"]) == list(STAGES)
+        for timing in [*photo["stages"].values(), photo["total"]]:
+            assert 0 <= timing["min"] <= timing["median"] <= timing["max"] < 30
+        assert sum(s["min"] for s in photo["stages"].values()) <= photo["total"]["max"]
+        assert photo["png_bytes"] > 0 and photo["jpeg_bytes"] > 0 and photo["warmup_seconds"] > 0
+    for stage in (*STAGES, "total"):  # the table for people: one row per stage and size
+        assert sum(line.split()[:1] == [stage] for line in lines) == 2, stage
+    with Image.open(tmp_path / "synthetic-0.03mp.png") as written:  # a real PNG file was written
+        assert written.size == (result["photos"][1]["width"], result["photos"][1]["height"])
+    assert main(["benchmark-colorize", "--weights", str(weights), "--runs", "0"]) == 1
+    assert "--runs 0: must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size, photo", [(32, (300, 400)), (32, (33, 517)), (32, (20, 7)), (8, (101, 1)),
+                                         (32, (32, 32))])
+def test_upsampled_ab_equals_pillows_bilinear_resize_band_by_band(size, photo):
+    ab = np.random.default_rng(size).normal(0, 0.3, (size, size, 2)).astype(np.float32)
+    up = UpsampledAB(ab, photo, saturation=1.5)
+    height, width = photo
+    expected = [np.asarray(Image.fromarray(ab[..., c] * 128 * 1.5, "F").resize((width, height), Image.BILINEAR))
+                for c in range(2)]
+    cuts = [0, 1, width - 1, width + 3, height * width // 2, height * width]  # bands starting mid-row too
+    for start, stop in zip(cuts, cuts[1:]):
+        if start < stop:
+            for got, want in zip(up.band(start, stop), expected):
+                assert got.shape == (stop - start,)
+                assert np.abs(got - want.reshape(-1)[start:stop]).max() < 1e-4
+
+
+def test_a_photo_of_several_chunks_matches_skimage(monkeypatch):
+    """Chunks, their padding and bands that start mid-row: the result is scikit-image's Lab -> sRGB of the
+    photo's L and the upsampled ab, to within rounding (the colours are in gamut)."""
+    monkeypatch.setattr(colorize_module, "CHUNK", 1 << 12)  # 3 chunks, the last one padded
+    photo = (40 + synthetic_photo(8, size=(97, 105)) * 0.6).astype(np.uint8)  # mid-tones: room for colour
+    ab = np.random.default_rng(1).uniform(-0.08, 0.08, (8, 8, 2)).astype(np.float32)  # |a|, |b| <= 10
+    out = join_lightness(photo, ab)
+    upsampled = np.stack(UpsampledAB(ab, photo.shape[:2]).band(0, 97 * 105), -1).reshape(97, 105, 2)
+    lab = np.dstack([lightness(photo), upsampled])
+    expected = skcolor.lab2rgb(lab)
+    assert np.abs(skcolor.rgb2lab(expected) - lab).max() < 0.01  # in gamut: nothing for the fitting to do
+    assert np.abs(out - np.rint(expected * 255)).max() <= 1
+
+
+def test_colorized_png_files_hold_exactly_the_colorized_pixels(colorizer, tmp_path):
+    photo = synthetic_photo(9, size=(123, 77))
+    out = colorizer.colorize(photo)
+    images.save_png_atomic(out, tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as written:
+        assert written.format == "PNG" and written.mode == "RGB"
+        assert np.array_equal(np.asarray(written), out)

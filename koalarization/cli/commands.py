@@ -97,7 +97,13 @@ def check_embedder(args) -> int:
 def benchmark_colorize(args) -> int:
     from koalarization.bench.latency import benchmark_latency
 
-    benchmark_latency(trained_run(args.weights), runs=args.runs, size=args.size)
+    if args.runs < 1:
+        raise KoalarizationError(f"runs {args.runs}: must be at least 1")
+    if any(not 0 < mp <= 100 for mp in args.megapixels):
+        sizes = " ".join(f"{mp:g}" for mp in args.megapixels)
+        raise KoalarizationError(f"megapixels {sizes}: each must be above 0 and at most 100")
+    benchmark_latency(trained_run(args.weights), megapixels=args.megapixels, runs=args.runs, size=args.size,
+                      saturation=args.saturation, folder=args.out)
     return 0
 
 

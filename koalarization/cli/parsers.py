@@ -118,9 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of ImageNet photos named nXXXXXXXX_label.JPEG, all 1000 classes (docs/reference.md)")
     p.add_argument("--limit", type=int, default=250, help="first N photos by file name (default: 250)")
 
-    p = sub.add_parser("benchmark-colorize", help="median CPU latency of colorizing a 1 MP and a 12 MP photo",
-                       parents=[shared["weights"], shared["size"]])
-    p.add_argument("--runs", type=int, default=5, help="timed runs per size (default: 5)")
+    p = sub.add_parser("benchmark-colorize", help="latency of colorizing a 1 MP and a 12 MP photo, by stage",
+                       parents=[shared["weights"], shared["size"]],
+                       description="Colorize synthetic JPEG files to PNG files as `colorize` does; print the "
+                                   "median and min-max of each stage (decode ... encode), then one JSON object "
+                                   "on the last line.")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per size, after one warm-up run (default: 5)")
+    p.add_argument("--megapixels", type=float, nargs="+", default=[1.0, 12.0], metavar="MP",
+                   help="photo sizes in millions of pixels, 4:3 (default: 1 12)")
+    p.add_argument("--saturation", type=float, default=1.0,
+                   help="as for colorize; above 1 more pixels need gamut fitting (default: 1)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="keep the JPEG and PNG files here (default: a temporary folder, removed)")
 
     bench = sub.add_parser("benchmark", help="measure the input pipeline or the training step",
                            description="Print photos/s (and more) as one JSON object on the last line.")

@@ -63,8 +63,8 @@ def photo_inputs(rgb: np.ndarray, image_size: int, resolution: int) -> tuple[np.
     """A photo uint8 (H, W, 3) -> what the network sees of it: (uint8 (S, S, 3), the embedder's input
     L scaled (R, R, 1) float32 in [-1, 1], gray), both squashed from the full photo (as the reference
     squashed it); gray: color.is_gray, judged at R px (cheap on a 12 MP photo; JPEG noise averages out)."""
-    for_embedder = images.resize_rgb(rgb, resolution)
-    return images.resize_rgb(rgb, image_size), color.lightness_uint8(for_embedder), color.is_gray(for_embedder)
+    for_embedder, small = images.resize_rgb_each(rgb, [resolution, image_size])
+    return small, color.lightness_uint8(for_embedder), color.is_gray(for_embedder)
 
 
 def decode(path: Path, image_size: int, resolution: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,12 +14,15 @@ fit, so the output's L equals the input's L to within rounding.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import glob
 import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -37,16 +40,43 @@ from koalarization.errors import KoalarizationError
 
 log = logging.getLogger(__name__)
 
-# Pixels per colour-kernel call. The kernels work on flat pixel lists, so every photo is cut into chunks of
-# this one shape and XLA compiles each kernel once per process instead of once per photo size.
+# Pixels per colour-kernel call. The kernel works on flat pixel lists, so every photo is cut into chunks of
+# this one shape and XLA compiles it once per process instead of once per photo size. 2**18 pixels keep a
+# chunk's data in the caches (~3 MB in, ~1 MB out) and are ~10 ms of work: 12 MP is 46 calls, over all cores.
 CHUNK = 1 << 18
 # Gamut fitting finds the largest chroma factor that fits to within 1/2**FIT_STEPS (1 %: invisible).
 FIT_STEPS = 7
 
 
+# Seconds per stage of the calls made inside `timed_stages()` (benchmark-colorize reads them); None outside.
+_stage_seconds: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("stages", default=None)
+
+
+@contextlib.contextmanager
+def timed_stages():
+    """Collect how long each stage of colorizing takes in this thread: yields a dict that fills with
+    {stage: seconds} ("lab", "network", "upsample", "pixels"), summed over the calls made in the block."""
+    seconds: dict[str, float] = {}
+    token = _stage_seconds.set(seconds)
+    try:
+        yield seconds
+    finally:
+        _stage_seconds.reset(token)
+
+
+@contextlib.contextmanager
+def _stage(name: str):
+    seconds, start = _stage_seconds.get(), time.perf_counter()
+    try:
+        yield
+    finally:
+        if seconds is not None:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+
 def backend_jit(fn):
     """`fn` compiled by the Keras backend's compiler (XLA on TensorFlow and JAX): the per-pixel formulas fuse
-    into one pass that uses every core (12 MP: ~1 s instead of ~8 s in NumPy)."""
+    into one loop over the pixels (12 MP: ~0.3 s on one core instead of ~8 s in NumPy)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -61,77 +91,107 @@ def backend_jit(fn):
 
 @functools.cache
 def _kernels():
-    """Two compiled pixel kernels in keras.ops: rgb uint8 (CHUNK, 3) + ab (CHUNK, 2) in Lab units -> rgb uint8."""
+    """Two compiled pixel kernels in keras.ops, both rgb uint8 (CHUNK, 3), a and b (CHUNK,) float32 in Lab
+    units -> (r, g, b) uint8 (CHUNK,) each, with the photo's L:
+        join: (a, b) as given, and a fourth output, whether every pixel fitted in the sRGB gamut;
+        fit: (a, b) reduced where the gamut needs it (bisection), for the chunks where join says not.
+    Planar outputs, not one (CHUNK, 3) array: XLA would compute a stacked output one channel at a time,
+    repeating the shared work (measured 2-4x slower)."""
     from keras import ops
 
-    def lightness_of(rgb_uint8):
-        return color.rgb_to_lab(ops.cast(rgb_uint8, "float32") / 255.0, xp=ops)[:, :1]
+    def linear_rgb(fy, a, b, k=1.0):
+        """-> (linear (r, g, b), inside): inside is False where the colour (L, k a, k b) is outside sRGB."""
+        linear = color.linear_from_lab_f(fy, a * k, b * k, xp=ops)
+        return linear, functools.reduce(ops.logical_and, [(c > 0.0) & (c < 1.0) for c in linear])
 
-    def to_rgb(lightness, ab):
-        """-> (sRGB in [0, 1], inside): inside is False where a channel was clipped to the gamut's edge."""
-        rgb = color.lab_to_rgb(ops.concatenate([lightness, ab], -1), xp=ops)
-        return rgb, ops.all((rgb > 0.0) & (rgb < 1.0), axis=-1, keepdims=True)
-
-    def to_uint8(rgb, ab):
-        out = ops.round(ops.clip(rgb * 255.0, 0.0, 255.0))
+    def to_uint8(linear, neutral):
+        out = [color.srgb255_from_linear(c, xp=ops) for c in linear]
         # A neutral colour must come out exactly gray: copy G rather than trust three rounded sums.
-        neutral = ops.all(ab == 0.0, axis=-1, keepdims=True)
-        return ops.cast(ops.where(neutral, out[:, 1:2], out), "uint8")
+        return tuple(ops.cast(ops.where(neutral, out[1], c), "uint8") for c in out)
 
-    def join(rgb_uint8, ab):
-        """-> (rgb uint8, refit): refit marks coloured pixels that the gamut clipped (their L moved)."""
-        rgb, inside = to_rgb(lightness_of(rgb_uint8), ab)
-        refit = ops.logical_not(inside[:, 0]) & ops.any(ab != 0.0, axis=-1)
-        return to_uint8(rgb, ab), refit
+    def lightness_f(rgb_uint8):
+        return color.luminance_f(ops.cast(rgb_uint8, "int32"), xp=ops)  # the photo's L is 116 f - 16
 
-    def fit(rgb_uint8, ab):
-        """Bisect the largest chroma factor k in [0, 1) that stays inside the gamut (k = 0 always does;
-        pure black and white have no inside, so they end at k = 0, which is right for them)."""
-        lightness = lightness_of(rgb_uint8)
+    def join(rgb_uint8, a, b):
+        linear, inside = linear_rgb(lightness_f(rgb_uint8), a, b)
+        neutral = (a == 0.0) & (b == 0.0)
+        return (*to_uint8(linear, neutral), ops.all(inside | neutral))
 
-        def step(_, bounds):
-            low, high = bounds
+    def fit(rgb_uint8, a, b):
+        """Chroma factor k: 1 where (L, a, b) fits, else the largest k in [0, 1) that fits, to within
+        1/2**FIT_STEPS (k = 0 always fits, except at pure black and white, where k = 0 is right too)."""
+        fy = lightness_f(rgb_uint8)
+        low, high = ops.zeros_like(fy), ops.ones_like(fy)
+        for _ in range(FIT_STEPS):  # unrolled: the test is a few multiplications, and XLA fuses the steps
             mid = (low + high) / 2.0
-            inside = to_rgb(lightness, ab * mid)[1]
-            return ops.where(inside, mid, low), ops.where(inside, high, mid)
-
-        # A loop, not unrolled Python: the compiler sees the conversion once instead of FIT_STEPS times.
-        low, _ = ops.fori_loop(0, FIT_STEPS, step, (ops.zeros_like(lightness), ops.ones_like(lightness)))
-        return to_uint8(to_rgb(lightness, ab * low)[0], ab * low)
+            inside = linear_rgb(fy, a, b, mid)[1]
+            low, high = ops.where(inside, mid, low), ops.where(inside, high, mid)
+        k = ops.where(linear_rgb(fy, a, b)[1], 1.0, low)
+        return to_uint8(linear_rgb(fy, a, b, k)[0], (a == 0.0) & (b == 0.0))
 
     return backend_jit(join), backend_jit(fit)
 
 
-def _chunked(kernel, *arrays):
-    """Run `kernel` over (N, C) arrays in CHUNK-row pieces (the last one zero-padded); concatenates outputs."""
-    n, outputs = len(arrays[0]), []
-    for start in range(0, n, CHUNK):
-        pieces = [a[start : start + CHUNK] for a in arrays]
-        pad = CHUNK - len(pieces[0])
-        pieces = [np.pad(p, ((0, pad), (0, 0))) if pad else p for p in pieces]
-        result = kernel(*pieces)
-        result = result if isinstance(result, tuple) else (result,)
-        outputs.append([np.asarray(r)[: CHUNK - pad] for r in result])
-    return [np.concatenate(parts) for parts in zip(*outputs)]
+class UpsampledAB:
+    """ab (s, s, 2) in [-1, 1] -> a and b in Lab units (times `saturation`) at the photo's size (H, W),
+    bilinear, made a band of rows at a time (`band(start, stop)`), so that a 12 MP photo never holds its
+    full-size a and b (96 MB) and each band is made by the thread that colours it.
+
+    Same values as Pillow's bilinear resize of ab to (W, H), to within float rounding (tests/test_colorize.py):
+    like Pillow, the rows are resized first (here by Pillow itself: antialiased when shrinking), then each
+    photo row is a mix of the two nearest resized rows, at Pillow's sample position (y + 0.5) s / H - 0.5,
+    clamped at the edges. A photo of fewer than s rows is resized by Pillow in both directions.
+    """
+
+    def __init__(self, ab_scaled: np.ndarray, size: tuple[int, int], saturation: float = 1.0):
+        self.height, self.width = size
+        small = np.asarray(ab_scaled, np.float32) * np.float32(color.AB_SCALE * saturation)  # linear: scale first
+        rows = min(self.height, small.shape[0])
+        self.rows = [np.asarray(Image.fromarray(np.ascontiguousarray(small[..., c]), "F")
+                                .resize((self.width, rows), Image.Resampling.BILINEAR)) for c in range(2)]
+        position = (np.arange(self.height) + 0.5) * (rows / self.height) - 0.5
+        low = np.floor(position)
+        self.weight = (position - low).astype(np.float32)[:, None]
+        low = low.astype(np.int64)
+        self.low, self.high = np.clip(low, 0, rows - 1), np.clip(low + 1, 0, rows - 1)
+
+    def band(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels start..stop-1 of the photo in row-major order -> (a, b), each (stop - start,) float32."""
+        first, last = start // self.width, (stop - 1) // self.width + 1
+        low, high, weight = self.low[first:last], self.high[first:last], self.weight[first:last]
+        skip = start - first * self.width
+        return tuple((r[low] * (1.0 - weight) + r[high] * weight).reshape(-1)[skip : skip + stop - start]
+                     for r in self.rows)
 
 
-def upsample_ab(ab: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """ab (s, s, 2) float32 -> (H, W, 2) float32, bilinear (Pillow; antialiased when shrinking)."""
-    height, width = size
-    channels = [Image.fromarray(np.ascontiguousarray(ab[..., c], np.float32), "F") for c in range(2)]
-    return np.stack([np.asarray(c.resize((width, height), Image.Resampling.BILINEAR)) for c in channels], -1)
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """Threads for the pixel work. A kernel call runs on one core (XLA does not split a loop this size across
+    threads: its CPU time equals its wall time) and releases the GIL, so chunks run side by side, one per core."""
+    return ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="koalarization-pixels")
 
 
 def join_lightness(rgb: np.ndarray, ab_scaled: np.ndarray, saturation: float = 1.0) -> np.ndarray:
     """The photo's own L + upsampled ab: rgb uint8 (H, W, 3), ab (s, s, 2) in [-1, 1] -> uint8 RGB (H, W, 3)."""
     height, width = rgb.shape[:2]
-    ab = color.unscale_ab(upsample_ab(ab_scaled, (height, width))) * np.float32(saturation)
-    flat_rgb, flat_ab = rgb.reshape(-1, 3), ab.reshape(-1, 2).astype(np.float32, copy=False)
-    join, fit = _kernels()
-    out, refit = _chunked(join, flat_rgb, flat_ab)
-    refit = np.flatnonzero(refit)
-    if refit.size:  # usually a small part of the photo: bisect only where the gamut clipped
-        out[refit] = _chunked(fit, flat_rgb[refit], flat_ab[refit])[0]
+    with _stage("upsample"):
+        ab = UpsampledAB(ab_scaled, (height, width), float(saturation))  # the rows; each band is made in `chunk`
+    flat_rgb = rgb.reshape(-1, 3)
+    out, (join, fit) = np.empty_like(flat_rgb), _kernels()
+
+    def chunk(start):
+        stop = min(start + CHUNK, len(flat_rgb))
+        pieces = [flat_rgb[start:stop], *ab.band(start, stop)]
+        if stop - start < CHUNK:  # the last piece: zero-padded to the one compiled shape
+            pieces = [np.pad(p, [(0, CHUNK - (stop - start))] + [(0, 0)] * (p.ndim - 1)) for p in pieces]
+        *channels, fitted = join(*pieces)
+        if not bool(fitted):  # usually no chunk of a photo: the network's colours are mostly in gamut
+            channels = fit(*pieces)
+        for c, channel in enumerate(channels):
+            out[start:stop, c] = np.asarray(channel)[: stop - start]
+
+    with _stage("pixels"):
+        list(_pool().map(chunk, range(0, len(flat_rgb), CHUNK)))
     return out.reshape(height, width, 3)
 
 
@@ -168,9 +228,10 @@ class Colorizer:
     def predict_ab(self, rgbs: list[np.ndarray]) -> np.ndarray:
         """uint8 RGB photos of any sizes -> ab (B, S, S, 2) in [-1, 1], from each photo squashed to S x S,
         and the embedder's view of it at its own resolution."""
-        small, for_embedder, _ = zip(*(photo_inputs(rgb, self.size, self.resolution) for rgb in rgbs))
-        inputs = {"L": color.lightness_uint8(np.stack(small)), "L_embedder": np.stack(for_embedder)}
-        with self._lock:
+        with _stage("lab"):
+            small, for_embedder, _ = zip(*(photo_inputs(rgb, self.size, self.resolution) for rgb in rgbs))
+            inputs = {"L": color.lightness_uint8(np.stack(small)), "L_embedder": np.stack(for_embedder)}
+        with self._lock, _stage("network"):
             return np.asarray(self._model.predict_on_batch(inputs), np.float32)
 
     def colorize_many(self, rgbs: list[np.ndarray], saturation: float = 1.0) -> list[np.ndarray]:
