@@ -96,7 +96,7 @@ def test_benchmark_pipeline_prints_rates_memory_and_reference_ratio(photo_dir, c
     result = last_json(capsys.readouterr().out)
     assert result["images"] == 8 and result["steps"] == 3 and result["photos"] == 8
     assert result["images_per_s"] > 0 and result["peak_rss_mb"] > 50 and result["cache_s"] > 0
-    assert result["preprocess_images_per_s"] > 0
+    assert result["preprocess_images_per_s"] > 0 and result["preprocess_xla_images_per_s"] > 0
     reference = result["reference"]
     assert reference["images"] == 8 and reference["array_mb"] == pytest.approx(8 * 32 * 32 * 3 * 8 / 2**20)
     assert reference["first_epoch_images_per_s"] < reference["images_per_s"]
