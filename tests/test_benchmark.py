@@ -1,6 +1,9 @@
 """The benchmark commands, the cost model, and the reference pipeline's rebuild."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import keras
@@ -116,6 +119,16 @@ def test_peak_rss_sampler_sees_a_short_lived_allocation():
         time.sleep(0.05)
         del block
     assert memory.peak - memory.start > 180
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux: ru_maxrss is inherited at exec")
+def test_peak_rss_of_a_child_process_is_its_own():
+    """The memory check's runs are fresh processes: their peak must not be this bigger process's."""
+    block = np.ones(300 * 2**20 // 8)  # 300 MB, touched
+    code = "from koalarization.bench.memory import peak_rss_mb; print(peak_rss_mb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    del block
+    assert child < 100
 
 
 @pytest.mark.large  # six fresh processes
