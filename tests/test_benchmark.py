@@ -1,6 +1,9 @@
 """The benchmark commands, the cost model, and the reference pipeline's rebuild."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import keras
@@ -96,7 +99,7 @@ def test_benchmark_pipeline_prints_rates_memory_and_reference_ratio(photo_dir, c
     result = last_json(capsys.readouterr().out)
     assert result["images"] == 8 and result["steps"] == 3 and result["photos"] == 8
     assert result["images_per_s"] > 0 and result["peak_rss_mb"] > 50 and result["cache_s"] > 0
-    assert result["preprocess_images_per_s"] > 0
+    assert result["preprocess_images_per_s"] > 0 and result["preprocess_xla_images_per_s"] > 0
     reference = result["reference"]
     assert reference["images"] == 8 and reference["array_mb"] == pytest.approx(8 * 32 * 32 * 3 * 8 / 2**20)
     assert reference["first_epoch_images_per_s"] < reference["images_per_s"]
@@ -116,6 +119,16 @@ def test_peak_rss_sampler_sees_a_short_lived_allocation():
         time.sleep(0.05)
         del block
     assert memory.peak - memory.start > 180
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux: ru_maxrss is inherited at exec")
+def test_peak_rss_of_a_child_process_is_its_own():
+    """The memory check's runs are fresh processes: their peak must not be this bigger process's."""
+    block = np.ones(300 * 2**20 // 8)  # 300 MB, touched
+    code = "from koalarization.bench.memory import peak_rss_mb; print(peak_rss_mb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    del block
+    assert child < 100
 
 
 @pytest.mark.large  # six fresh processes
@@ -152,3 +165,54 @@ def test_benchmark_train_builds_what_train_builds(tmp_path, capsys):
     assert (result["optimizer"], result["image_size"], result["batch_size"]) == ("adam", 16, 2)
     assert result["embedder"] == "efficientnet_lite0_pooled"
     assert result["trainable_forward_gflop"] == pytest.approx(2 * flops.colorizer_macs(ModelConfig(), 16, 1280) / 1e9)
+
+
+# ------------------------------------------------------------------------------ docs/scripts/gpu_benchmark.py
+def _gpu_script():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", REPO / "docs" / "scripts" / "gpu_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_script_runs_every_command_tiny_on_a_cpu(photo_dir, tmp_path):
+    """--tiny: the GPU script's commands at 32 px in this Python (no install): both precisions with XLA, the
+    pipeline, one JSON line each in results.jsonl, and the table."""
+    from conftest import REPO
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(REPO / "docs" / "scripts" / "gpu_benchmark.py"), "--tiny",
+                           "--photos", str(photo_dir), "--out", str(out), "--backend", keras.backend.backend(),
+                           "--embedder", "tiny_random"], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["benchmark"], r.get("precision"), r.get("jit_compile")) for r in results] == [
+        ("train", "float32", True), ("train", "mixed_bfloat16", True), ("pipeline", None, None)]
+    assert all(r["image_size"] == 32 and r["images_per_s"] > 0 and r["command"][0] == "-m" for r in results)
+    assert "| train | 32 | mixed_bfloat16 | 2 |" in done.stdout and "pipeline / fastest 32 px step:" in done.stdout
+    assert sorted(p.name for p in (out / "logs").iterdir()) == [
+        "pipeline.log", "train-32px-float32-b2.log", "train-32px-mixed_bfloat16-b2.log"]
+
+
+def test_gpu_benchmark_script_halves_the_batch_only_while_out_of_memory(tmp_path):
+    import argparse
+
+    script = _gpu_script()
+    tried = []
+
+    def fake_run(python, args, name, out, env, timeout, error="RESOURCE_EXHAUSTED: Out of memory"):
+        tried.append(int(args[args.index("--batch-size") + 1]))
+        return (None, error) if tried[-1] > 128 else ({"images_per_s": 1.0}, "")
+
+    options = argparse.Namespace(tiny=False, embedder="efficientnet_lite0", steps=1, warmup=1, timeout=1)
+    script.run = fake_run
+    assert script.bench_train("python", 256, "float32", 512, options, tmp_path, {}) == {"images_per_s": 1.0}
+    assert tried == [512, 256, 128]
+    tried.clear()
+    script.run = lambda *a: fake_run(*a, error="ValueError: something else")
+    assert script.bench_train("python", 256, "float32", 512, options, tmp_path, {}) is None
+    assert tried == [512]  # not out of memory: not retried

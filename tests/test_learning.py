@@ -13,7 +13,9 @@ from koalarization.model.preprocess import build_training_model
 from conftest import REPO
 
 
-def test_overfits_two_photos():
+def overfit_two_photos(epochs: int = 400) -> tuple[float, float]:
+    """Fit a tiny network to data/astronaut.jpg and data/coffee.jpg at 32 px with the reference optimiser;
+    -> (loss before, lowest loss of the last 20 epochs). tests/test_jax_backend.py runs it on JAX."""
     keras.utils.set_random_seed(0)
     cfg = ModelConfig(
         encoder=((16, 2), (32, 1), (32, 2), (32, 1), (32, 2), (32, 1), (32, 1), (32, 1)),
@@ -33,7 +35,11 @@ def test_overfits_two_photos():
     first = float(model.evaluate(batch, verbose=0, batch_size=2))
     _, target = color.rgb_uint8_to_network(rgb)  # identity warp: the loss is plain MSE on the photos' ab
     np.testing.assert_allclose(first, np.mean(np.square(model.predict_on_batch(batch) - target)), rtol=1e-4)
-    history = model.fit(batch, epochs=400, batch_size=2, verbose=0)
-    last = min(history.history["loss"][-20:])
+    history = model.fit(batch, epochs=epochs, batch_size=2, verbose=0)
+    return first, min(history.history["loss"][-20:])
+
+
+def test_overfits_two_photos():
+    first, last = overfit_two_photos()
     assert first > 1e-3  # there is something to learn
     assert last < first / 10, (first, last)

@@ -4,7 +4,8 @@ line (for scripts and docs/performance.md):
 
     benchmark pipeline  what `train` feeds its model, on the same cache: cache_s (the one-time decoding and
                         embedding, the first epoch's extra cost), images_per_s of the batches, and
-                        preprocess_images_per_s of the in-graph augmentation and Lab conversion run here;
+                        preprocess_images_per_s of the in-graph augmentation and Lab conversion run here
+                        (preprocess_xla_images_per_s: XLA-compiled, as in `train --jit-compile`);
                         with --reference the reference-style pipeline's load and per-batch phases on the
                         same photos (reference_pipeline.py) and the ratios; with --memory-check K, the
                         peak memory of a run whose photo list is K times longer
@@ -75,10 +76,12 @@ def bench_pipeline(cfg, steps: int | None = None, repeat_list: int = 1, referenc
         "photos": len(files), "photos_listed": len(listed), "skipped": len(store.skipped), "cpus": os.cpu_count(),
     }
     if not memory_only:
-        result["preprocess_images_per_s"] = bench_preprocess(source, t.augment.fill)
+        result["preprocess_images_per_s"] = bench_preprocess(source, t.augment.fill, jit_compile=False)
+        result["preprocess_xla_images_per_s"] = bench_preprocess(source, t.augment.fill, jit_compile=True)
     print(f"ours: cache {cache_s:.1f} s for {len(store.photos)} photos (once); batches: {photos} photos in "
           f"{seconds:.1f} s = {result['images_per_s']:.0f} photos/s, peak RSS {result['peak_rss_mb']:.0f} MB"
-          + (f"; in-graph preprocessing here: {result['preprocess_images_per_s']:.0f} photos/s"
+          + (f"; in-graph preprocessing here: {result['preprocess_images_per_s']:.0f} photos/s, "
+             f"{result['preprocess_xla_images_per_s']:.0f} with XLA"
              if "preprocess_images_per_s" in result else ""), file=sys.stderr)
     if reference:
         result["reference"] = bench_reference(files, cfg, steps)
@@ -91,20 +94,23 @@ def bench_pipeline(cfg, steps: int | None = None, repeat_list: int = 1, referenc
     return result
 
 
-def bench_preprocess(source, fill: str, batches: int = 4) -> float:
+def bench_preprocess(source, fill: str, jit_compile: bool, batches: int = 4) -> float:
     """Photos a second of the training model's in-graph augmentation and Lab conversion on this machine's
-    default device (on a CPU-only machine the same cores also feed the batches)."""
+    default device, compiled as the train step compiles it (`jit_compile`: by XLA; else TensorFlow's graph
+    or JAX's own), on `batches` batches of `source` (on a CPU-only machine the same cores feed the batches)."""
     import keras
 
     from koalarization.model.preprocess import Preprocess
 
-    layer = Preprocess(fill)
     samples = [source.batch(i % len(source), 0)[0] for i in range(batches)]
-    layer(samples[0]["rgb"], samples[0]["affine"])  # warm-up
+    size = source.image_size
+    rgb, affine = keras.Input((size, size, 3), dtype="uint8"), keras.Input((2, 2), dtype="float32")
+    model = keras.Model([rgb, affine], Preprocess(fill)(rgb, affine))
+    model.compile(jit_compile=jit_compile)
+    model.predict_on_batch([samples[0]["rgb"], samples[0]["affine"]])  # tracing, compilation
     start, photos = time.perf_counter(), 0
     for batch in samples:
-        lightness, _ = layer(batch["rgb"], batch["affine"])
-        keras.ops.convert_to_numpy(lightness)
+        model.predict_on_batch([batch["rgb"], batch["affine"]])  # returns NumPy: the work has finished
         photos += len(batch["rgb"])
     return photos / (time.perf_counter() - start)
 

@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s"
     )
     if not args.verbose:
+        # JAX reports at INFO, through Python's logging, each platform it did not find ("Unable to initialize
+        # backend 'tpu'") on every start.
+        logging.getLogger("jax").setLevel(logging.WARNING)
         _import_keras_quietly()
     try:
         return COMMANDS[args.command](args)

@@ -24,17 +24,25 @@ from koalarization.errors import KoalarizationError
 
 
 # ----------------------------------------------------------------------------------------- augmentation
+def random_affines(rng: np.random.Generator, aug: AugmentConfig, count: int) -> np.ndarray:
+    """`count` matrices (count, 2, 2) float64, each mapping output offsets to input offsets, drawn as Keras'
+    ImageDataGenerator draws them: rotation @ shear @ zoom, then a horizontal flip. Drawn and multiplied out
+    for the whole batch at once: per photo, NumPy's small-array calls cost more than reading the photo."""
+    theta = np.deg2rad(rng.uniform(-aug.rotation, aug.rotation, count)) if aug.rotation else np.zeros(count)
+    shear = np.deg2rad(rng.uniform(-aug.shear, aug.shear, count)) if aug.shear else np.zeros(count)
+    zx, zy = rng.uniform(1 - aug.zoom, 1 + aug.zoom, (2, count)) if aug.zoom else np.ones((2, count))
+    flip = np.where(rng.random(count) < 0.5, -1.0, 1.0) if aug.flip else np.ones(count)
+    cos, sin, shear_sin, shear_cos = np.cos(theta), np.sin(theta), np.sin(shear), np.cos(shear)
+    # [[cos, -sin], [sin, cos]] @ [[1, -shear_sin], [0, shear_cos]] @ diag(zx, zy) @ diag(flip, 1)
+    return np.stack([
+        np.stack([cos * zx * flip, (-cos * shear_sin - sin * shear_cos) * zy], -1),
+        np.stack([sin * zx * flip, (-sin * shear_sin + cos * shear_cos) * zy], -1),
+    ], 1)
+
+
 def random_affine(rng: np.random.Generator, aug: AugmentConfig) -> np.ndarray:
-    """A 2x2 matrix mapping output offsets to input offsets, drawn as Keras' ImageDataGenerator does:
-    rotation @ shear @ zoom, plus a horizontal flip."""
-    theta = np.deg2rad(rng.uniform(-aug.rotation, aug.rotation)) if aug.rotation else 0.0
-    shear = np.deg2rad(rng.uniform(-aug.shear, aug.shear)) if aug.shear else 0.0
-    zx, zy = rng.uniform(1 - aug.zoom, 1 + aug.zoom, 2) if aug.zoom else (1.0, 1.0)
-    flip = aug.flip and rng.random() < 0.5
-    rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-    shearing = np.array([[1.0, -np.sin(shear)], [0.0, np.cos(shear)]])
-    matrix = rotation @ shearing @ np.diag([zx, zy])
-    return matrix @ np.diag([-1.0, 1.0]) if flip else matrix
+    """One random_affines matrix (2, 2)."""
+    return random_affines(rng, aug, 1)[0]
 
 
 # --------------------------------------------------------------------------------------------- batches
@@ -85,11 +93,13 @@ class BatchSource(keras.utils.PyDataset):
             return np.arange(len(self.files))
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
 
-    def matrix(self, epoch: int, position: int) -> np.ndarray:
-        """The augmentation of the `position`-th photo of `epoch` (identity without augmentation)."""
+    def matrices(self, epoch: int, index: int) -> np.ndarray:
+        """The augmentation of every place of batch `index` of `epoch`, float32 (batch_size, 2, 2) (identity
+        without augmentation). One generator per batch: seeding one costs as much as drawing a batch."""
         if self.augment is None:
-            return np.eye(2)
-        return random_affine(np.random.default_rng([self.seed, epoch, position, 1]), self.augment)
+            return np.tile(np.eye(2, dtype=np.float32), (self.batch_size, 1, 1))
+        rng = np.random.default_rng([self.seed, epoch, index, 1])
+        return random_affines(rng, self.augment, self.batch_size).astype(np.float32)
 
     def sample(self, epoch: int, position: int) -> tuple[np.ndarray, np.ndarray]:
         """The `position`-th photo of `epoch`: (uint8 (S, S, 3), embedding float32 (D,))."""
@@ -114,7 +124,9 @@ class BatchSource(keras.utils.PyDataset):
         affine = np.tile(np.eye(2, dtype=np.float32), (count, 1, 1))
         weight = np.zeros((count, 1, 1), np.float32)  # (B, 1, 1): broadcasts over the per-pixel loss
         for i, p in enumerate(positions):
-            (rgb[i], embedding[i]), affine[i], weight[i] = self.sample(epoch, p), self.matrix(epoch, p), 1.0
+            (rgb[i], embedding[i]), weight[i] = self.sample(epoch, p), 1.0
+        # this view's places of the batch; padding keeps the identity
+        affine[: len(positions)] = self.matrices(epoch, index)[first - index * self.batch_size :][: len(positions)]
         return ({"rgb": rgb, "affine": affine, "embedding": embedding, "weight": weight},)
 
 
