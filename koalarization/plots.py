@@ -59,6 +59,23 @@ def plot_curves(log_csv: str | Path, out_png: str | Path) -> Path:
     return out_png
 
 
+def plot_validation_curve(curve_csv: str | Path, out_png: str | Path, baseline: float | None = None) -> Path:
+    """Validation loss against training photos seen (ValidationCurve's curve.csv: step, photos, val_loss),
+    with `baseline` (e.g. the loss of predicting gray) as a dashed line when given."""
+    curve = read_log(curve_csv)
+    fig, axes = _figure(1, 1, (6, 3.6))
+    ax = axes[0][0]
+    ax.plot(curve.get("photos", []), curve.get("val_loss", []), "-o", markersize=3, label="val_loss")
+    if baseline is not None:
+        ax.axhline(baseline, linestyle="--", color="gray", label="gray baseline")
+    ax.set(xlabel="training photos seen", ylabel="MSE on ab (scaled)", title="validation loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    out_png = Path(out_png)
+    _save(fig, out_png)
+    return out_png
+
+
 def plot_grid(rows: list[dict], out_png: str | Path) -> Path:
     """One row per photo: bw | predicted | actual, captioned with the photo's name and PSNRs.
 

@@ -1,4 +1,4 @@
-"""Distributed training and fault tolerance (issue 7, docs/distributed.md), on CPU and loopback only:
+"""Distributed training and fault tolerance (docs/distributed.md), on CPU and loopback only:
 MirroredStrategy over two logical CPU devices, MultiWorkerMirroredStrategy with two worker processes on
 127.0.0.1, and SIGKILL for a pre-empted machine. Every subprocess runs under a timeout; the slowest checks
 (a two-worker job killed and restarted) carry the `large` marker."""

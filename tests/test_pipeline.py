@@ -104,3 +104,14 @@ def test_train_end_to_end_writes_the_validation_images_and_curve(photo_dir, tmp_
     assert "validation/bw|predicted|actual" in event_tags(out / "logs")
     curve = (out / "curve.csv").read_text().splitlines()
     assert curve[0] == "step,photos,val_loss" and [r.split(",")[0] for r in curve[1:]] == ["2", "3"]
+    with Image.open(out / "curve.png") as picture:  # drawn from those rows
+        assert picture.format == "PNG" and picture.width > 300
+
+
+def test_validation_curve_plot_draws_loss_against_photos_seen(tmp_path):
+    from koalarization.plots import plot_validation_curve
+
+    (tmp_path / "curve.csv").write_text("step,photos,val_loss\n1000,32000,0.0121\n2000,64000,0.0117\n")
+    out = plot_validation_curve(tmp_path / "curve.csv", tmp_path / "curve.png", baseline=0.0156)
+    figure = np.asarray(Image.open(out).convert("L"))
+    assert figure.shape == (360, 600) and figure.std() > 10  # a drawn plot, not a blank canvas

@@ -1,11 +1,13 @@
 """Copy a trained run's best weights into the package (koalarization/weights/), stored as float16.
 
-    python docs/scripts/ship_weights.py --run RUN --ab-gain G --border-context B
+    python docs/scripts/ship_weights.py --run RUN --ab-gain G --border-context B [--data-root DIR]
 
 Writes koalarization/weights/colorize.weights.h5 (float16 arrays: Keras casts them to the float32
 variables on load) and config.json (the run's config with the chosen weightless settings, from
 docs/scripts/calibrate.py; `train --config koalarization/weights/config.json` reruns the recipe), then loads
 both back and prints the file size and the largest difference from the float32 weights' output.
+The config's photo folders are written relative to --data-root (where the training sets were extracted),
+its drop lists as the copies in docs/training-sets/, so that it names no path of the training machine.
 """
 
 import argparse
@@ -49,12 +51,16 @@ def main():
     p.add_argument("--ab-gain", type=float, required=True, help="from docs/scripts/calibrate.py")
     p.add_argument("--border-context", type=int, required=True, help="from docs/scripts/calibrate.py")
     p.add_argument("--out", default=str(PACKAGE_WEIGHTS))
+    p.add_argument("--data-root", help="folder the training sets were extracted under (default: none)")
     args = p.parse_args()
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = RunConfig.load(run / CONFIG_FILE)
     model = dataclasses.replace(cfg.model, ab_gain=args.ab_gain, border_context=args.border_context)
-    shipped = dataclasses.replace(cfg, model=model, train=dataclasses.replace(cfg.train, output=run.name))
+    data = tuple(str(Path(d).relative_to(args.data_root)) if args.data_root else d for d in cfg.train.data)
+    drops = tuple(f"docs/training-sets/{Path(e).name}" for e in cfg.train.exclude_list)
+    train = dataclasses.replace(cfg.train, output=run.name, data=data, exclude_list=drops, cache=None)
+    shipped = dataclasses.replace(cfg, model=model, train=train)
     to_float16(run / WEIGHTS_FILE, out / WEIGHTS_FILE, json.dumps(dataclasses.asdict(shipped.model)))
     (out / CONFIG_FILE).write_text(shipped.to_json() + "\n")
 

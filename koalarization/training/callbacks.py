@@ -12,7 +12,7 @@ import numpy as np
 
 from koalarization import color
 from koalarization.io import atomic_path
-from koalarization.plots import plot_curves
+from koalarization.plots import plot_curves, plot_validation_curve
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,11 @@ class ValidationCurve(keras.callbacks.Callback):
             writer = csv.DictWriter(f, fieldnames=self.FIELDS)
             writer.writeheader()
             writer.writerows(rows)
+        if rows:  # the picture beside the numbers (curve.png); a plot must never stop training
+            try:
+                plot_validation_curve(self.path, self.path.with_suffix(".png"))
+            except (OSError, ValueError, KeyError) as err:
+                log.warning("could not draw %s: %s", self.path.with_suffix(".png"), err)
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1

@@ -106,7 +106,9 @@ def _split_for(cfg: RunConfig, output: Path, store: cache.Cache) -> tuple[Split,
         skips.add(f"{images.display_name(path)}: {reason}")
     skips.close()
     if not usable:
-        raise KoalarizationError("data: no usable colour photos found")
+        named = ", ".join(str(s) for s in (*t.data, *t.data_list))
+        raise KoalarizationError(f"data: no usable colour photos found in {named} "
+                                 f"({len(skipped)} skipped as gray or unreadable)")
     split = make_split(usable, t.val_fraction, t.test_fraction, t.seed, sources=t.data + t.data_list)
     split.save(split_file, seed=t.seed, skipped=[[str(p), r] for p, r in skipped])
     return split, len(skipped)

@@ -51,6 +51,7 @@ STATIC = Path(__file__).with_name("static")
 SWAGGER_UI = Path(fastapi_offline.__file__).with_name("static")
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # a 12 MP JPEG is 3-8 MB, a 12 MP PNG up to ~30 MB
 MAX_PIXELS = 40_000_000  # a 40 MP photo needs ~1 GB of working memory (~25 bytes per pixel)
+MAX_FORM_FIELDS = 8  # the image and its three options, plus room for a client's own fields (ignored)
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and the small fields around the image
 MAX_RUNNING = 2  # photos colorized at once; more would only queue for the same cores and memory
 # Requests admitted to wait for those: each holds at most its upload (MAX_UPLOAD_BYTES) meanwhile, so memory
@@ -167,7 +168,7 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str, dic
         yield body
 
     try:
-        form = await _InMemoryParser(request.headers, stream(), max_files=1, max_fields=8).parse()
+        form = await _InMemoryParser(request.headers, stream(), max_files=1, max_fields=MAX_FORM_FIELDS).parse()
     except MultiPartException as err:
         raise HTTPException(400, f"malformed multipart upload ({err.message})") from None
     upload = form.get("image")
@@ -331,7 +332,9 @@ def create_app(runs: list, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels:
 def _upload_doc(last_model: int) -> dict:
     """The request body, for the OpenAPI page (the endpoint parses it itself, in memory)."""
     return {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                           # other fields are ignored, up to MAX_FORM_FIELDS parts in all
+                                           "additionalProperties": False, "properties": {
             "image": {"type": "string", "format": "binary", "description": FORMATS},
             "saturation": {"type": "number", "minimum": 0, "maximum": 4},
             "model": {"type": "integer", "minimum": 0, "maximum": last_model},
