@@ -282,7 +282,13 @@ def test_test_prints_a_table_for_people(tested, corpus):
     rows = {line[:15].strip(): line[15:].split() for line in lines[2:5]}
     for label, key, digits in (("PSNR (dB)", "psnr", 2), ("SSIM", "ssim", 3)):
         ours, gray = summary[key], summary[f"gray_{key}"]
-        assert rows[label] == [f"{ours:.{digits}f}", f"{gray:.{digits}f}", "better" if ours > gray else "worse"]
+        assert rows[label][:3] == [f"{ours:.{digits}f}", f"{gray:.{digits}f}", "better" if ours > gray else "worse"]
+    with open(out / "metrics.csv", newline="") as f:  # the count beside the mean PSNR, from the per-photo rows
+        colour = [r for r in csv.DictReader(f) if r["gray_truth"] == "False"]
+    above = sum(float(r["psnr"]) > float(r["gray_psnr"]) for r in colour)
+    assert summary["n_better_than_gray"] == above
+    assert rows["PSNR (dB)"][3:] == [f"({above}", "of", f"{len(colour)}", "photos", "above", "gray)"]
+    assert rows["SSIM"][3:] == []
     ours, photos = summary["colorfulness"], summary["gt_colorfulness"]
     assert rows["colourfulness"][:2] == [f"{ours:.1f}", "0.0"]
     assert rows["colourfulness"][2] == ("better" if abs(ours - photos) < photos else "worse")

@@ -163,7 +163,9 @@ def evaluate(data, run, output, batch_size=16, embedder_weights=None, limit=None
     scored = [r for r in rows if not r["gray_truth"]] or rows
     summary = {"n_images": len(scored)}
     summary.update({k: float(np.nanmean([r[k] for r in scored])) for k in SUMMARY_KEYS[1:]})
-    summary.update(n_gray_truth=len(rows) - len(scored) if scored is not rows else 0, skipped=skipped.count)
+    summary.update(n_gray_truth=len(rows) - len(scored) if scored is not rows else 0, skipped=skipped.count,
+                   # a mean can hide a minority of photos ruined by a wrong cast: how many beat gray at all
+                   n_better_than_gray=int(sum(r["psnr"] > r["gray_psnr"] for r in scored)))
     write_text_atomic(output / "summary.json", json.dumps(summary, indent=2))
     plot_grid(grid, output / "grid.png")  # last: a picture that fails must not cost the numbers
     return summary
@@ -180,7 +182,9 @@ def format_summary(summary: dict, output: str | Path) -> str:
     lines = ["; ".join(counts), f"{'':15}{'ours':>8}{'gray baseline':>15}  ours vs gray"]
     for label, key, digits in (("PSNR (dB)", "psnr", 2), ("SSIM", "ssim", 3)):
         ours, gray = summary[key], summary[f"gray_{key}"]
-        lines.append(f"{label:15}{ours:>8.{digits}f}{gray:>15.{digits}f}  {_verdict(ours, gray)}")
+        lines.append(f"{label:15}{ours:>8.{digits}f}{gray:>15.{digits}f}  {_verdict(ours, gray)}"
+                     + (f" ({summary['n_better_than_gray']} of {summary['n_images']} photos above gray)"
+                        if key == "psnr" and "n_better_than_gray" in summary else ""))
     # The gray baseline has no colour: colourfulness 0 (Hasler & Suesstrunk's measure of a gray image). Ours
     # is better when it is nearer the photos' own colourfulness than 0 is.
     ours, photos = summary["colorfulness"], summary["gt_colorfulness"]
