@@ -1,6 +1,7 @@
 """The weights that ship inside the package (docs/model_card.md): present, small, described, and they
 colour a bundled black-and-white photo. A missing, truncated or wrong file fails here, not for users."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -74,12 +75,16 @@ def test_colorize_and_test_default_to_the_shipped_weights(tmp_path):
 
 def test_no_colour_frame_along_the_borders(tmp_path):
     """The colour frame (bands of another hue along the borders, from the zero padding of the convolutions)
-    is gone at the shipped setting: the frame statistic of the outputs is at most 1.0 (photos score about
-    0.75; outputs with the frame scored about 1.6)."""
+    is gone at the shipped setting: on the bundled photos that have no frame of their own (photo frame
+    statistic below 1.0; the retina's black surround and the rocket's sky edge score 1.7-1.9 by content),
+    the outputs' mean frame statistic is at most 1.0. The same weights without border context score 1.16
+    here, the earlier weights about 1.6."""
     assert main(["test", "--data", str(PHOTO.parent), "--output", str(tmp_path / "test")]) == 0
-    summary = json.loads((tmp_path / "test" / "summary.json").read_text())
-    assert summary["frame"] <= 1.0, summary
-    assert summary["gt_frame"] < 1.0  # the statistic itself: the bundled photos have no frame
+    with open(tmp_path / "test" / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if float(r["gt_frame"]) < 1.0]
+    assert len(rows) >= 4, rows  # the statistic needs a few photos to mean something
+    frame = np.mean([float(r["frame"]) for r in rows])
+    assert frame <= 1.0, [(r["file"], r["frame"]) for r in rows]
 
 
 def test_export_and_benchmark_default_to_the_shipped_weights(tmp_path, capsys):

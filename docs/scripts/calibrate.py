@@ -1,6 +1,6 @@
 """Choose a trained run's weightless settings, border_context and ab_gain, on its own validation photos.
 
-    python docs/scripts/calibrate.py --run RUN [--limit 2000] [--target-db 1.0]
+    python docs/scripts/calibrate.py --run RUN [--limit 2000] [--target-db 1.0] [--gains 1.0 1.1 ...]
 
 The validation photos come from the same data sets as the training photos and were never trained on; the
 photos on which results are published are never used here. For every border context and gain, on the
@@ -38,11 +38,15 @@ def variation_gain(ab: np.ndarray, gain: float) -> np.ndarray:
     return np.clip(cast + gain * (ab - cast), -1.0, 1.0)
 
 
-def scores(photos: np.ndarray, lightness: np.ndarray, ab: np.ndarray) -> dict:
-    predicted = color.to_uint8(color.network_to_rgb(lightness, ab))
+def gray_psnr_of(photos: np.ndarray, lightness: np.ndarray) -> float:
+    """The gray baseline's mean PSNR (ab = 0), the same for every setting."""
     gray = color.to_uint8(color.gray_rgb_from_l(lightness))
+    return float(np.mean([image_metrics(a, g)[0] for a, g in zip(photos, gray)]))
+
+
+def scores(photos: np.ndarray, lightness: np.ndarray, ab: np.ndarray, gray_psnr: float) -> dict:
+    predicted = color.to_uint8(color.network_to_rgb(lightness, ab))
     psnr = np.mean([image_metrics(a, p)[0] for a, p in zip(photos, predicted)])
-    gray_psnr = np.mean([image_metrics(a, g)[0] for a, g in zip(photos, gray)])
     ours, truth = (np.mean([colorfulness(x) for x in xs]) for xs in (predicted, photos))
     return {"psnr": float(psnr), "gray_psnr": float(gray_psnr), "gain_db": float(psnr - gray_psnr),
             "colourfulness_share": float(ours / truth),
@@ -54,6 +58,8 @@ def main():
     parser.add_argument("--run", required=True, help="a train output folder")
     parser.add_argument("--limit", type=int, default=2000, help="validation photos to use (default: 2000)")
     parser.add_argument("--target-db", type=float, default=1.0, help="dB above the gray baseline to keep")
+    parser.add_argument("--gains", type=float, nargs="+", default=list(GAINS),
+                        help="gains to try, ascending (default: 1.0 to 3.0 in steps of 0.1)")
     args = parser.parse_args()
     run = TrainedRun.at(f"{args.run}/colorize.weights.h5")
     model, cfg = run.load()
@@ -67,14 +73,15 @@ def main():
     embeddings = np.stack([store.embedding(store.row_of(p)) for p in val])
     lightness, _ = color.rgb_uint8_to_network(photos)
     colorizer = colorizer_of(model)
+    gray_psnr = gray_psnr_of(photos, lightness)
     rows = []
     for border in BORDERS:
         padded = np.pad(lightness, ((0, 0), (border, border), (border, border), (0, 0)), mode="reflect")
         raw = np.asarray(colorizer.predict([padded, embeddings], batch_size=64, verbose=0))
         raw = raw[:, border : border + lightness.shape[1], border : border + lightness.shape[2]]
-        for gain in GAINS:
+        for gain in args.gains:
             rows.append({"border_context": border, "ab_gain": float(gain), "n_images": len(val),
-                         **scores(photos, lightness, variation_gain(raw, gain))})
+                         **scores(photos, lightness, variation_gain(raw, gain), gray_psnr)})
             print(json.dumps(rows[-1]), flush=True)
     unframed = [b for b in BORDERS if next(r for r in rows if r["border_context"] == b)["frame"] <= 1.0]
     border = unframed[0] if unframed else BORDERS[-1]
