@@ -13,8 +13,7 @@ any published photo was looked at:
                     baseline's (the published target); 1.0 when even the raw predictions are below it
 
 Prints one JSON line per setting, then the chosen one as JSON on the last line. Reads photos and their
-embeddings from the run's training cache (its config's `cache`, or the automatic one), so nothing is
-decoded or embedded again.
+embeddings from the run's training cache (train.photo_cache: its config's `cache`, or the automatic one).
 """
 
 import argparse
@@ -23,33 +22,28 @@ import json
 import numpy as np
 
 from koalarization import color
-from koalarization.data import cache, sources
 from koalarization.inference.evaluate import colorfulness, frame_statistic, image_metrics
-from koalarization.model.network import colorizer_of
+from koalarization.model.network import ABGain, MirrorPad, colorizer_of
 from koalarization.run import TrainedRun
+from koalarization.training.train import photo_cache
 
 BORDERS = (0, 8, 16, 24)
 GAINS = np.round(np.arange(1.0, 3.01, 0.1), 2)
 
 
-def variation_gain(ab: np.ndarray, gain: float) -> np.ndarray:
-    """network.ABGain in NumPy: each photo's mean ab kept, the variation around it times `gain`."""
-    cast = ab.mean(axis=(1, 2), keepdims=True)
-    return np.clip(cast + gain * (ab - cast), -1.0, 1.0)
-
-
-def gray_psnr_of(photos: np.ndarray, lightness: np.ndarray) -> float:
-    """The gray baseline's mean PSNR (ab = 0), the same for every setting."""
+def baselines(photos: np.ndarray, lightness: np.ndarray) -> dict:
+    """What every setting is compared with: the gray baseline's mean PSNR (ab = 0), the photos' colourfulness."""
     gray = color.to_uint8(color.gray_rgb_from_l(lightness))
-    return float(np.mean([image_metrics(a, g)[0] for a, g in zip(photos, gray)]))
+    return {"gray_psnr": float(np.mean([image_metrics(a, g)[0] for a, g in zip(photos, gray)])),
+            "truth_colourfulness": float(np.mean([colorfulness(x) for x in photos]))}
 
 
-def scores(photos: np.ndarray, lightness: np.ndarray, ab: np.ndarray, gray_psnr: float) -> dict:
+def scores(photos: np.ndarray, lightness: np.ndarray, ab: np.ndarray, base: dict) -> dict:
     predicted = color.to_uint8(color.network_to_rgb(lightness, ab))
     psnr = np.mean([image_metrics(a, p)[0] for a, p in zip(photos, predicted)])
-    ours, truth = (np.mean([colorfulness(x) for x in xs]) for xs in (predicted, photos))
-    return {"psnr": float(psnr), "gray_psnr": float(gray_psnr), "gain_db": float(psnr - gray_psnr),
-            "colourfulness_share": float(ours / truth),
+    ours = np.mean([colorfulness(x) for x in predicted])
+    return {"psnr": float(psnr), "gray_psnr": base["gray_psnr"], "gain_db": float(psnr - base["gray_psnr"]),
+            "colourfulness_share": float(ours / base["truth_colourfulness"]),
             "frame": float(np.nanmean([frame_statistic(p) for p in predicted]))}
 
 
@@ -65,23 +59,23 @@ def main():
     model, cfg = run.load()
     if cfg.model.ab_gain != 1.0 or cfg.model.border_context:
         raise SystemExit(f"{args.run}: calibrate a run as trained (ab_gain 1, border_context 0)")
-    t = cfg.train
-    files = sources.photo_paths(t.data, t.data_list, t.exclude_list)
-    store = cache.Cache(t.cache or cache.default_folder(files, t.image_size, cfg.model.embedder, t.embedder_weights))
+    store = photo_cache(cfg, progress=False)  # the run's own cache: nothing is decoded or embedded again
     val = run.split().val[: args.limit]
     photos = np.stack([store.photo(store.row_of(p)) for p in val])
     embeddings = np.stack([store.embedding(store.row_of(p)) for p in val])
     lightness, _ = color.rgb_uint8_to_network(photos)
     colorizer = colorizer_of(model)
-    gray_psnr = gray_psnr_of(photos, lightness)
+    base = baselines(photos, lightness)
     rows = []
     for border in BORDERS:
-        padded = np.pad(lightness, ((0, 0), (border, border), (border, border), (0, 0)), mode="reflect")
+        # the inference model's own layers: MirrorPad before the network, ABGain after it (network.py)
+        padded = np.asarray(MirrorPad(border)(lightness))
         raw = np.asarray(colorizer.predict([padded, embeddings], batch_size=64, verbose=0))
         raw = raw[:, border : border + lightness.shape[1], border : border + lightness.shape[2]]
         for gain in args.gains:
+            ab = np.asarray(ABGain(gain)(raw))
             rows.append({"border_context": border, "ab_gain": float(gain), "n_images": len(val),
-                         **scores(photos, lightness, variation_gain(raw, gain), gray_psnr)})
+                         **scores(photos, lightness, ab, base)})
             print(json.dumps(rows[-1]), flush=True)
     unframed = [b for b in BORDERS if next(r for r in rows if r["border_context"] == b)["frame"] <= 1.0]
     border = unframed[0] if unframed else BORDERS[-1]
