@@ -7,7 +7,7 @@
     run.py        a trained run: folder, weights, config.json, split.json; the shipped weights
     data/         photos on disk -> cache (photo + embedding) -> batches
     model/        the network, the embedders, the in-graph preprocessing
-    config.py · color.py · io.py · errors.py   the facts everything else shares
+    config.py · color.py · files.py · errors.py  the facts everything else shares
 
 Imports run one way, down this list. Importing the package is cheap: Keras/TensorFlow are imported only
 by the modules that need them.

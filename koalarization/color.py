@@ -16,6 +16,8 @@ agrees with `skimage.color.rgb2lab` / `lab2rgb` to float precision (tests/test_c
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # sRGB primaries -> CIE XYZ (scikit-image's `xyz_from_rgb`, from the sRGB specification).
@@ -188,7 +190,7 @@ def _table(values: np.ndarray, xp):
     return values if xp is np else xp.convert_to_tensor(values)
 
 
-def luminance_f(rgb_uint8, xp=np):
+def lab_f_of_luminance(rgb_uint8, xp=np):
     """uint8 sRGB (..., 3) -> f(Y) (...,) float32: Lab's non-linearity of the luminance, so L = 116 f(Y) - 16.
 
     The index must be an integer type the namespace can gather with (uint8 in NumPy, int32 in keras.ops)."""
@@ -229,6 +231,33 @@ def is_gray(rgb_uint8: np.ndarray) -> bool:
     spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # uint8: no wrap-around
     # "the GRAY_PERCENTILE-th percentile of the spread is at most GRAY_TOLERANCE", without sorting
     return bool(np.count_nonzero(spread > GRAY_TOLERANCE) <= (100.0 - GRAY_PERCENTILE) / 100.0 * spread.size)
+
+
+# Zhang, Isola & Efros (ECCV 2016, section 2.1) quantize ab on a grid of 10 and keep the bins that hold
+# colours of the sRGB gamut: they report Q = 313 with their gamut computation; this one gives Q = 261.
+AB_BIN_STEP = 10.0
+
+
+@functools.cache
+def gamut_ab_bins(step: float = AB_BIN_STEP) -> np.ndarray:
+    """The ab bins of the sRGB gamut: centres (Q, 2) float32 in Lab units (multiples of `step`), sorted by
+    (a, b), of every `step` x `step` cell that holds the ab of at least one 8-bit sRGB colour.
+
+    Only the surface of the RGB cube is converted (6 faces of 256 x 256 colours, 0.4 M instead of 16.7 M):
+    along a line of constant ab through the cube L varies continuously, so every ab that an inside colour
+    has, a colour on the surface has too (tests/test_color.py compares it with all 16.7 M colours' bins)."""
+    levels = np.arange(256, dtype=np.uint8)
+    u, v = (x.reshape(-1) for x in np.meshgrid(levels, levels, indexing="ij"))
+    faces = []
+    for channel in range(3):
+        others = [c for c in range(3) if c != channel]
+        for value in (0, 255):
+            face = np.empty((u.size, 3), np.uint8)
+            face[:, channel], face[:, others[0]], face[:, others[1]] = value, u, v
+            faces.append(face)
+    ab = unscale_ab(rgb_uint8_to_network(np.concatenate(faces))[1])
+    cells = np.unique(np.round(ab / step).astype(np.int64), axis=0)
+    return (cells * step).astype(np.float32)
 
 
 def to_uint8(rgb01: np.ndarray) -> np.ndarray:

@@ -20,6 +20,14 @@ UP = "up"  # decoder token: UpSampling2D x2
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # TrainConfig.precision: Keras dtype policies
 OPTIMIZERS = ("rmsprop", "adam")  # TrainConfig.optimizer: keras.optimizers by name
 FILLS = ("nearest", "reflect")  # AugmentConfig.fill
+LOSSES = ("mse", "classification")  # ModelConfig.loss: the paper's MSE on ab, or Zhang et al.'s ab bins
+SCHEDULES = ("plateau", "cosine")  # TrainConfig.lr_schedule
+MAX_TEMPERATURE = 10.0  # ModelConfig.temperature: above it the annealed mean is the plain mean anyway
+EXPORT_FORMATS = ("savedmodel", "onnx")  # `export --format`: a TensorFlow SavedModel folder, or an .onnx file
+COLORIZE_OUT = "colorized"  # `colorize` without --out writes here, in the working folder
+# `export` without --out writes here, in the working folder
+EXPORT_OUT = {"savedmodel": "exported/koalarization-savedmodel", "onnx": "exported/koalarization.onnx"}
+MAX_SATURATION = 4.0  # colorize's saturation: 0 gray, 1 as predicted; the CLI, API and page take 0..4
 
 # docs/reference.md, "The network": encoder 64 s2 . 128 . 128 s2 . 256 . 256 s2 . 512 . 512 . 256
 REFERENCE_ENCODER = ((64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 1), (256, 1))
@@ -34,10 +42,20 @@ def option(default, help: str, **kwargs):  # noqa: A002 - the argparse word
     return field(default=default, metadata={"help": help, **kwargs})
 
 
+def check_temperature(temperature) -> float:
+    """`temperature` as a float if the annealed mean can use it (0 < T <= MAX_TEMPERATURE), else an error."""
+    temperature = float(temperature)
+    if not 0.0 < temperature <= MAX_TEMPERATURE:  # also refuses NaN
+        raise KoalarizationError(f"temperature {temperature}: must be above 0 and at most {MAX_TEMPERATURE:g} "
+                                 "(1 = the mean colour, smaller = more vivid)")
+    return temperature
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The network. Its inputs have any size that is a multiple of `downsampling`:
-    L (B, H, W, 1) in [-1, 1] and the embedding (B, D) -> ab (B, H, W, 2) in [-1, 1]."""
+    L (B, H, W, 1) in [-1, 1] and the embedding (B, D) -> ab (B, H, W, 2) in [-1, 1] (loss "mse"), or
+    logits over the ab bins (B, H/2, W/2, Q) (loss "classification", model/distribution.py)."""
 
     encoder: tuple = option(REFERENCE_ENCODER, "(filters, stride) of each 3x3 ReLU encoder conv", flag=False)
     fusion_filters: int = option(256, "filters of the 1x1 conv after the fusion")
@@ -54,6 +72,13 @@ class ModelConfig:
     # that the inside never sees, and predict different colours (a visible colour frame). Predicting on the
     # photo extended by its own mirror image and cropping moves that border outside the photo.
     border_context: int = option(0, "pixels of mirrored photo added on each side at inference, then cropped")
+    # The paper's MSE predicts the mean of the plausible colours (brown-gray when unsure); Zhang et al.'s
+    # head predicts a distribution over ab bins instead: only the last layer differs (distribution.py).
+    loss: str = option("mse", "mse: the paper's 2 tanh channels; classification: a distribution over ab bins",
+                       choices=LOSSES)
+    # Weightless: the annealed mean's temperature for the classification head (colorize --temperature).
+    temperature: float = option(0.38, "classification head: annealed-mean temperature, 1 = the mean colour "
+                                      "(pale), smaller = nearer the most likely colour (vivid)")
 
     def __post_init__(self):
         # JSON gives lists; keep the dataclass hashable and comparable.
@@ -63,6 +88,9 @@ class ModelConfig:
             raise KoalarizationError(f"ab_gain {self.ab_gain}: must be above 0 and at most 4 (1 = as trained)")
         if not 0.0 <= self.embedding_dropout < 1.0:
             raise KoalarizationError(f"embedding_dropout {self.embedding_dropout}: must be in [0, 1)")
+        if self.loss not in LOSSES:
+            raise KoalarizationError(f"loss {self.loss}: choose one of {', '.join(LOSSES)}")
+        check_temperature(self.temperature)
         if self.border_context < 0 or self.border_context % self.downsampling:
             raise KoalarizationError(f"border_context {self.border_context}: must be a multiple of "
                                      f"{self.downsampling} (the encoder's downsampling), 0 or more")
@@ -138,6 +166,13 @@ class TrainConfig:
                                      "under ~/.cache/koalarization)", metavar="DIR")
     precision: str = option("float32", "Keras dtype policy", choices=PRECISIONS)
     jit_compile: bool = option(False, "compile the train step with XLA")
+    lr_schedule: str = option("plateau", "plateau: ReduceLROnPlateau on val_loss (the reference); cosine: "
+                                         "decay from learning_rate to min_learning_rate over all the epochs' steps",
+                              choices=SCHEDULES)
+    init_from: str | None = option(None, "start from a run's weights (its colorize.weights.h5 or folder, or "
+                                         "'shipped'): every layer whose name and shape match", metavar="RUN")
+    # Zhang et al. eq. 4: without it the cross-entropy, like MSE, favours the common desaturated colours.
+    rebalance: bool = option(True, "classification loss: weight rare colours up (Zhang et al., lambda 0.5)")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
@@ -151,6 +186,8 @@ class TrainConfig:
         if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise KoalarizationError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction}: "
                                      "each must be in (0, 1), and their sum below 1")
+        if self.lr_schedule not in SCHEDULES:
+            raise KoalarizationError(f"lr_schedule {self.lr_schedule}: choose one of {', '.join(SCHEDULES)}")
         if self.augment.fill not in FILLS:
             raise KoalarizationError(f"fill {self.augment.fill}: choose one of {', '.join(FILLS)}")
 
@@ -198,8 +235,3 @@ def _known_fields(cls, raw: dict) -> dict:
     if unknown:
         logging.getLogger(__name__).warning("ignoring unknown %s fields in config: %s", cls.__name__, unknown)
     return {k: v for k, v in raw.items() if k in known}
-
-
-def replace(obj, **changes):
-    """dataclasses.replace that ignores None values (unset CLI flags keep the defaults)."""
-    return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from koalarization.io import atomic_path
+from koalarization.files import atomic_path
 
 GRID_COLUMNS = ("bw", "predicted", "actual")
+GRID_INCHES = (3.7, 3.2)  # width of a column, height of a row of plot_grid
 
 
 def _figure(rows: int, cols: int, size: tuple[float, float]):
@@ -47,7 +48,7 @@ def plot_curves(log_csv: str | Path, out_png: str | Path) -> Path:
     for key, style in (("loss", "-o"), ("val_loss", "-s")):
         if key in log:
             loss_ax.plot(epochs, log[key], style, markersize=3, label=key)
-    loss_ax.set(xlabel="epoch", ylabel="MSE on ab (scaled)", yscale="log", title="loss")
+    loss_ax.set(xlabel="epoch", ylabel="loss (MSE on ab, or cross-entropy over ab bins)", yscale="log", title="loss")
     loss_ax.legend()
     loss_ax.grid(alpha=0.3)
     if "learning_rate" in log:
@@ -68,7 +69,7 @@ def plot_validation_curve(curve_csv: str | Path, out_png: str | Path, baseline: 
     ax.plot(curve.get("photos", []), curve.get("val_loss", []), "-o", markersize=3, label="val_loss")
     if baseline is not None:
         ax.axhline(baseline, linestyle="--", color="gray", label="gray baseline")
-    ax.set(xlabel="training photos seen", ylabel="MSE on ab (scaled)", title="validation loss")
+    ax.set(xlabel="training photos seen", ylabel="validation loss", title="validation loss")
     ax.legend()
     ax.grid(alpha=0.3)
     out_png = Path(out_png)
@@ -80,8 +81,9 @@ def plot_grid(rows: list[dict], out_png: str | Path) -> Path:
     """One row per photo: bw | predicted | actual, captioned with the photo's name and PSNRs.
 
     rows: dicts with uint8 RGB images under "bw", "predicted", "actual", and "name", "psnr", "gray_psnr".
+    Panels are about 350 px wide (GRID_INCHES at 100 dpi): a size at which people judge colours.
     """
-    fig, axes = _figure(len(rows), 3, (7.5, 2.6 * len(rows)))
+    fig, axes = _figure(len(rows), 3, (3 * GRID_INCHES[0], GRID_INCHES[1] * len(rows)))
     for r, row in enumerate(rows):
         for c, column in enumerate(GRID_COLUMNS):
             ax = axes[r][c]

@@ -25,7 +25,7 @@ import numpy as np
 
 from koalarization.config import ModelConfig, RunConfig
 from koalarization.errors import KoalarizationError
-from koalarization.io import atomic_path, first_line
+from koalarization.files import atomic_path, first_line
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,14 @@ class TrainedRun:
         if isinstance(weights, TrainedRun):
             return weights
         return cls(Path(weights) if weights is not None else SHIPPED_WEIGHTS)
+
+    @classmethod
+    def named(cls, name: "str | Path") -> "TrainedRun":
+        """A run as a person names it: "shipped", a run folder, or its weights file (train --init-from)."""
+        if str(name) == "shipped":
+            return cls.at(None)
+        path = Path(name)
+        return cls(path / WEIGHTS_FILE if path.is_dir() else path)
 
     @property
     def folder(self) -> Path:
@@ -132,7 +140,7 @@ class ColorizerCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 # ModelConfig fields that change no weight: a config may set them otherwise than the run that trained.
-WEIGHTLESS_FIELDS = ("ab_gain", "embedding_dropout", "border_context")
+WEIGHTLESS_FIELDS = ("ab_gain", "embedding_dropout", "border_context", "temperature")
 
 
 def _weighted(model_cfg: ModelConfig) -> ModelConfig:
@@ -180,6 +188,54 @@ def _describe_mismatch(weights: Path, config_file: Path, trained: ModelConfig, c
             f"({', '.join(fields)} differ); use the config.json written beside these weights by their run")
 
 
+def _layers_with_weights(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    """Every layer holding weights inside `model`, nested models opened, by name (names are unique in the
+    colorizer: encoder_conv0, fusion_conv, decoder_ab, ...)."""
+    found = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found.update(_layers_with_weights(layer))
+        elif layer.weights:
+            found[layer.name] = layer
+    return found
+
+
+def load_matching(colorizer: keras.Model, source: TrainedRun) -> tuple[list[str], list[str]]:
+    """Copy into `colorizer` the weights of every layer of `source`'s colorizer with the same name and
+    shapes (a warm start: the whole trunk, and the head when it is the same head). Returns (the layers
+    copied, the layers of `colorizer` left as they were)."""
+    from koalarization.model.embedders import get_spec
+    from koalarization.model.network import build_colorizer
+
+    if not source.weights.is_file():
+        raise KoalarizationError(f"init_from {source.weights}: file not found")
+    if not source.config_file.is_file():
+        raise KoalarizationError(f"init_from {source.config_file}: missing; the weights need the config.json "
+                                 "written beside them")
+    cfg = RunConfig.load(source.config_file)
+    _read_weights_file(source.weights)  # truncated, empty or not HDF5: one line
+    trained = build_colorizer(cfg.model, get_spec(cfg.model.embedder).dim)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trained.load_weights(source.weights)
+    except Exception as err:  # noqa: BLE001 - h5py, Keras and OS errors all mean "wrong or broken file"
+        raise KoalarizationError(f"init_from {source.weights}: cannot load it with {source.config_file} "
+                                 f"({first_line(err)})") from None
+    theirs, copied, left = _layers_with_weights(trained), [], []
+    for name, layer in _layers_with_weights(colorizer).items():
+        other = theirs.get(name)
+        if other is not None and [tuple(w.shape) for w in other.weights] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(other.get_weights())
+            copied.append(name)
+        else:
+            left.append(name)
+    if not copied:
+        raise KoalarizationError(f"init_from {source.weights}: no layer matches this network (another "
+                                 "embedder or encoder?)")
+    return copied, left
+
+
 def load_trained(weights: str | Path, embedder_weights: str | None = None) -> tuple[keras.Model, RunConfig]:
     """The inference model (network.build_model) with trained weights, and the RunConfig it was trained with.
     Every problem with the file (missing, truncated, another network, size or embedder) is one
@@ -215,4 +271,10 @@ def load_trained(weights: str | Path, embedder_weights: str | None = None) -> tu
         raise KoalarizationError(
             f"weights {weights}: cannot load into the network of {config_file} ({first_line(err)})"
         ) from None
+    if cfg.model.loss == "classification":
+        from koalarization.model import distribution
+
+        prior = TrainedRun(weights).folder / distribution.PRIOR_FILE
+        if prior.is_file():  # the bins the head was trained on; read_prior refuses other ones
+            distribution.read_prior(prior)
     return model, cfg

@@ -14,6 +14,7 @@ MirroredStrategy over all N (OUT/mirrored); R-single.* and R-mirrored.* hold the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -28,14 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from koalarization.training import backup
-
-from koalarization.data import batches
-
-from koalarization.training import distribute  # noqa: E402
 from koalarization.cli import build_parser, run_config_from_args  # noqa: E402
-from koalarization.config import UP, ModelConfig, replace  # noqa: E402
+from koalarization.config import UP, ModelConfig  # noqa: E402
+from koalarization.data import batches
 from koalarization.model.network import colorizer_of  # noqa: E402
+from koalarization.training import (
+    backup,
+    distribute,  # noqa: E402
+)
 from koalarization.training.train import train  # noqa: E402
 
 TINY = dict(  # tests/conftest.py: tiny_model_config
@@ -118,7 +119,7 @@ def main() -> int:
     flags = args.train_flags[1:] if args.train_flags[:1] == ["--"] else args.train_flags
     cfg = run_config_from_args(build_parser().parse_args(["train", *flags]))
     if args.tiny:
-        cfg = replace(cfg, model=ModelConfig(**TINY), train=replace(cfg.train, image_size=32))
+        cfg = dataclasses.replace(cfg, model=ModelConfig(**TINY), train=dataclasses.replace(cfg.train, image_size=32))
     batches.BatchSource.sample = recording_sample
     if args.no_workaround:
         distribute.apply_keras_workaround = lambda: False
@@ -132,10 +133,10 @@ def main() -> int:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.mirrored)
     output = Path(cfg.train.output)
-    run(replace(cfg, train=replace(cfg.train, output=str(output / "single"))), Path(f"{args.report}-single"), args)
+    run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output=str(output / "single"))), Path(f"{args.report}-single"), args)
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     strategy = tf.distribute.MirroredStrategy(devices)
-    run(replace(cfg, train=replace(cfg.train, output=str(output / "mirrored"))), Path(f"{args.report}-mirrored"),
+    run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output=str(output / "mirrored"))), Path(f"{args.report}-mirrored"),
         args, strategy)
     return 0
 

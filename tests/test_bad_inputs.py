@@ -28,14 +28,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corpus import (colour_pixels, deny_reads, float_values, make_corpus, make_empty_folder, png_chunk,
-                    reads_denied, write_non_utf8_photo)
-
+from koalarization.cli import main
+from koalarization.data import images
+from koalarization.errors import KoalarizationError
 from koalarization.inference import evaluate
 
-from koalarization.data import images
-from koalarization.cli import main
-from koalarization.errors import KoalarizationError
+from corpus import (
+    colour_pixels,
+    deny_reads,
+    float_values,
+    make_corpus,
+    make_empty_folder,
+    png_chunk,
+    reads_denied,
+    write_non_utf8_photo,
+)
 
 TINY = ["--image-size", "32", "--embedder", "tiny_random", "--batch-size", "2", "--workers", "2"]
 BAD = (
@@ -246,11 +253,12 @@ def test_test(tested, corpus, name):
     case = corpus[name]
     outputs = [out / folder / case.output_name for folder in ("predicted", "bw", "actual")]
     if case.test == "ok":
+        # `test` scores what `colorize` writes: every panel at the photo's own size (orientation applied).
+        photo = images.load_rgb(case.path)
         for output in outputs:
             with Image.open(output) as result:
-                assert result.size == (32, 32) and result.mode == "RGB"  # `test` works at the network size
+                assert result.size == (photo.shape[1], photo.shape[0]) and result.mode == "RGB"
         # Its own photo, not another one of the same name: actual/ is the photo as `test` read it.
-        photo = images.resize_rgb(images.load_rgb(case.path, max_side=32), 32)
         assert np.array_equal(np.asarray(Image.open(outputs[2])), photo)
         assert not naming(warnings, case.path)
     else:
@@ -279,8 +287,8 @@ def test_test_prints_a_table_for_people(tested, corpus):
                         f"out of the means; {expected_skips(corpus, 'test')} file(s) skipped")
     assert summary["n_images"] + summary["n_gray_truth"] == sum(case.test == "ok" for case in corpus.values())
     assert lines[1].split() == ["ours", "gray", "baseline", "ours", "vs", "gray"]
-    rows = {line[:15].strip(): line[15:].split() for line in lines[2:5]}
-    for label, key, digits in (("PSNR (dB)", "psnr", 2), ("SSIM", "ssim", 3)):
+    rows = {line[:15].strip(): line[15:].split() for line in lines[2:6]}
+    for label, key, digits in (("PSNR (dB)", "psnr", 2), ("SSIM", "ssim", 3), ("ab accuracy", "auc", 3)):
         ours, gray = summary[key], summary[f"gray_{key}"]
         assert rows[label][:3] == [f"{ours:.{digits}f}", f"{gray:.{digits}f}", "better" if ours > gray else "worse"]
     with open(out / "metrics.csv", newline="") as f:  # the count beside the mean PSNR, from the per-photo rows
@@ -288,27 +296,29 @@ def test_test_prints_a_table_for_people(tested, corpus):
     above = sum(float(r["psnr"]) > float(r["gray_psnr"]) for r in colour)
     assert summary["n_better_than_gray"] == above
     assert rows["PSNR (dB)"][3:] == [f"({above}", "of", f"{len(colour)}", "photos", "above", "gray)"]
-    assert rows["SSIM"][3:] == []
+    assert rows["SSIM"][3:] == [] and rows["ab accuracy"][3:] == []
     ours, photos = summary["colorfulness"], summary["gt_colorfulness"]
     assert rows["colourfulness"][:2] == [f"{ours:.1f}", "0.0"]
     assert rows["colourfulness"][2] == ("better" if abs(ours - photos) < photos else "worse")
-    assert lines[5] == (f"outputs in {out}: predicted/, bw/, actual/, metrics.csv (per photo), summary.json, "
+    assert lines[6] == (f"outputs in {out}: predicted/, bw/, actual/, metrics.csv (per photo), summary.json, "
                         "grid.png")
-    assert len(lines) == 6 and "{" not in stdout
+    assert len(lines) == 7 and "{" not in stdout
 
 
 @pytest.mark.parametrize("ours, verdicts", [
-    ((24.0, 0.80, 30.0), ["better", "worse", "better"]),
-    ((20.0, 0.90, 45.0), ["worse", "better", "worse"]),
-    ((22.5, 0.85, 40.0), ["same", "same", "same"]),
+    ((24.0, 0.80, 0.95, 30.0), ["better", "worse", "better", "better"]),
+    ((20.0, 0.90, 0.80, 45.0), ["worse", "better", "worse", "worse"]),
+    ((22.5, 0.85, 0.90, 40.0), ["same", "same", "same", "same"]),
 ])
 def test_the_printed_verdicts(ours, verdicts):
-    """Higher PSNR/SSIM is better; for colourfulness, nearer the photos' (20 here) than the gray baseline's 0."""
-    summary = {"n_images": 3, "n_gray_truth": 0, "skipped": 0, "psnr": ours[0], "ssim": ours[1],
-               "colorfulness": ours[2], "gray_psnr": 22.5, "gray_ssim": 0.85, "gt_colorfulness": 20.0}
+    """Higher PSNR/SSIM/ab accuracy is better; for colourfulness, nearer the photos' (20 here) than the gray
+    baseline's 0."""
+    summary = {"n_images": 3, "n_gray_truth": 0, "skipped": 0, "psnr": ours[0], "ssim": ours[1], "auc": ours[2],
+               "colorfulness": ours[3], "gray_psnr": 22.5, "gray_ssim": 0.85, "gray_auc": 0.90,
+               "gt_colorfulness": 20.0}
     lines = evaluate.format_summary(summary, "out").splitlines()
     assert lines[0] == "means over 3 photo(s)"
-    assert [line[15:].split()[2] for line in lines[2:5]] == verdicts
+    assert [line[15:].split()[2] for line in lines[2:6]] == verdicts
 
 
 @pytest.mark.parametrize("name", ["zero_byte", "truncated_png", "bomb", "unreadable", "big_iccp", "fifo",

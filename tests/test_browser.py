@@ -33,6 +33,7 @@ pytest.importorskip("fastapi", reason="the web server needs fastapi")
 
 from koalarization.data import images  # noqa: E402
 from koalarization.inference.web.server import create_app  # noqa: E402
+
 from conftest import REPO, synthetic_photo  # noqa: E402
 from test_colorize import make_weights  # noqa: E402
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, synthetic_photo
-
-from koalarization.cli import main, run_config_from_args, build_parser
+from koalarization.cli import build_parser, main, run_config_from_args
 from koalarization.training.train import train
+
+from conftest import REPO, synthetic_photo
 
 TINY = ["--image-size", "32", "--embedder", "tiny_random", "--batch-size", "2", "--workers", "2"]
 
@@ -104,13 +104,14 @@ def test_test_command_writes_folders_metrics_and_summary(photo_dir, tmp_path, ca
     for folder in ("predicted", "bw", "actual"):
         written = sorted(p.name for p in (test_out / folder).iterdir())
         assert len(written) == 2
-        assert all(Image.open(test_out / folder / name).size == (32, 32) for name in written)
-    for key in ("psnr", "ssim", "colorfulness", "gray_psnr", "gray_ssim", "gt_colorfulness"):
+        # colorize's output: the photo's own size (synthetic photos are 48 x 40), not the 32 px network input
+        assert all(Image.open(test_out / folder / name).size == (40, 48) for name in written)
+    for key in ("psnr", "ssim", "colorfulness", "gray_psnr", "gray_ssim", "gt_colorfulness", "auc", "gray_auc"):
         assert np.isfinite(summary[key]), key
     assert 5 < summary["gray_psnr"] < 60
     assert summary["gt_colorfulness"] > 10
-    with Image.open(test_out / "grid.png") as grid:  # one 260 px row per sampled photo, 3 columns
-        assert grid.format == "PNG" and grid.size == (750, 260 * 2)
+    with Image.open(test_out / "grid.png") as grid:  # one 320 px row per sampled photo, 3 columns
+        assert grid.format == "PNG" and grid.size == (1110, 320 * 2)
     with open(test_out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2

@@ -7,6 +7,7 @@ from PIL import Image
 from skimage import color as skcolor
 
 from koalarization import color
+
 from conftest import REPO, SHARED_DATA
 
 
@@ -64,7 +65,7 @@ def test_gray_from_l_has_that_lightness_and_no_colour():
 
 @pytest.mark.parametrize("xp", ["numpy", "keras"])
 def test_pixel_kernel_formulas_agree_with_the_plain_conversion(xp):
-    """luminance_f / linear_from_lab_f / srgb255_from_linear (the colorize kernels' fast path) against
+    """lab_f_of_luminance / linear_from_lab_f / srgb255_from_linear (the colorize kernels' fast path) against
     rgb_to_lab / lab_to_rgb, on every uint8 grey level and on real photos with perturbed ab."""
     def run(fn, *args):
         if xp == "numpy":
@@ -75,7 +76,7 @@ def test_pixel_kernel_formulas_agree_with_the_plain_conversion(xp):
     for photo in [levels, *real_photos()[:3]]:
         lab = color.rgb_to_lab(photo.astype(np.float64) / 255.0)
         index = photo if xp == "numpy" else photo.astype(np.int32)
-        fy = run(color.luminance_f, index)
+        fy = run(color.lab_f_of_luminance, index)
         assert np.abs((116.0 * fy - 16.0) - lab[..., 0]).max() < 2e-3
         lab[..., 1:] += np.random.default_rng(0).normal(0, 30, lab[..., 1:].shape)
         a, b = lab[..., 1].astype(np.float32), lab[..., 2].astype(np.float32)

@@ -12,12 +12,13 @@ import pytest
 from PIL import Image, ImageOps
 from skimage import color as skcolor
 
-from koalarization.data import images
 from koalarization.bench.latency import STAGES
-from koalarization.inference import colorize as colorize_module
-from koalarization.inference.colorize import UpsampledAB, Colorizer, colorize_files, expand_inputs, join_lightness
-from koalarization.errors import KoalarizationError
 from koalarization.cli import main
+from koalarization.data import images
+from koalarization.errors import KoalarizationError
+from koalarization.inference import colorize as colorize_module
+from koalarization.inference.colorize import Colorizer, UpsampledAB, colorize_files, expand_inputs, join_lightness
+
 from conftest import synthetic_photo
 
 
@@ -186,7 +187,7 @@ def test_colorize_files_keeps_sizes_orientation_and_lightness(weights, tmp_path,
 
 def test_inputs_can_be_globs_files_and_folders_without_duplicates(tmp_path):
     write_inputs(tmp_path)
-    found = expand_inputs([str(tmp_path / "a" / "*.png"), str(tmp_path / "a"), str(tmp_path / "**" / "*.jpg")])
+    found, _ = expand_inputs([str(tmp_path / "a" / "*.png"), str(tmp_path / "a"), str(tmp_path / "**" / "*.jpg")])
     assert [p.name for p in found] == ["gray.png", "rotated.jpg", "broken.jpg", "cmyk.jpg", "gray.jpg"]
     with pytest.raises(KoalarizationError, match="inputs .*nothing"):
         expand_inputs([str(tmp_path / "nothing*.png")])
@@ -252,7 +253,7 @@ def test_upsampled_ab_equals_pillows_bilinear_resize_band_by_band(size, photo):
 def test_a_photo_of_several_chunks_matches_skimage(monkeypatch):
     """Chunks, their padding and bands that start mid-row: the result is scikit-image's Lab -> sRGB of the
     photo's L and the upsampled ab, to within rounding (the colours are in gamut)."""
-    monkeypatch.setattr(colorize_module, "CHUNK", 1 << 12)  # 3 chunks, the last one padded
+    monkeypatch.setattr(colorize_module, "PIXEL_CHUNK", 1 << 12)  # 3 chunks, the last one padded
     photo = (40 + synthetic_photo(8, size=(97, 105)) * 0.6).astype(np.uint8)  # mid-tones: room for colour
     ab = np.random.default_rng(1).uniform(-0.08, 0.08, (8, 8, 2)).astype(np.float32)  # |a|, |b| <= 10
     out = join_lightness(photo, ab)

@@ -10,19 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import synthetic_photo
-
 from koalarization import color
-
-from koalarization.data import cache
-
-from koalarization.data import images
-
-from koalarization.data import sources
 from koalarization.config import AugmentConfig
-from koalarization.data.split import Split, make_split
+from koalarization.data import cache, images, sources
 from koalarization.data.batches import BatchSource
+from koalarization.data.split import Split, make_split
 from koalarization.errors import KoalarizationError
+
+from conftest import synthetic_photo
 
 
 def build_cache(folder_or_files, out, size=32, **kw):
@@ -113,20 +108,20 @@ def test_is_gray_threshold():
 def test_an_interrupted_cache_build_resumes_at_its_first_unfinished_shard(photo_dir, tmp_path, monkeypatch):
     folder = tmp_path / "c"
     files = sources.photo_paths([photo_dir])
-    real = cache.decode
+    real = cache.decode_for_cache
 
     def stop_at_the_sixth_photo(path, *args):
         if path == files[5]:
             raise KeyboardInterrupt
         return real(path, *args)
 
-    monkeypatch.setattr(cache, "decode", stop_at_the_sixth_photo)
+    monkeypatch.setattr(cache, "decode_for_cache", stop_at_the_sixth_photo)
     with pytest.raises(KeyboardInterrupt):
         build_cache(files, folder, shard_size=3)
     assert sorted(p.name for p in folder.glob("shard-*.json")) == ["shard-00000.json"]
     assert not list(folder.glob(".*tmp*"))
     decoded = []
-    monkeypatch.setattr(cache, "decode", lambda path, *args: decoded.append(path) or real(path, *args))
+    monkeypatch.setattr(cache, "decode_for_cache", lambda path, *args: decoded.append(path) or real(path, *args))
     store = build_cache(files, folder, shard_size=3)
     assert sorted(decoded) == files[3:]  # the finished shard was not decoded again
     assert store.usable == files

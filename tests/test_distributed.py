@@ -6,6 +6,7 @@ MirroredStrategy over two logical CPU devices, MultiWorkerMirroredStrategy with 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -22,17 +23,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import synthetic_photo
-from dist_worker import TINY
-from koalarization.training import backup
 from koalarization import run
-from koalarization.training import distribute
 from koalarization.cli import build_parser, run_config_from_args
-from koalarization.config import ModelConfig, replace
+from koalarization.config import ModelConfig
 from koalarization.data.batches import BatchSource
 from koalarization.errors import KoalarizationError
 from koalarization.model.network import colorizer_of
+from koalarization.training import backup, distribute
 from koalarization.training.train import train
+
+from conftest import synthetic_photo
+from dist_worker import TINY
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 TIMEOUT = 420  # seconds for any one distributed run, however loaded the machine
@@ -70,7 +71,7 @@ def train_here(args, stop=None):
     """Train in this process with the tiny network; returns the final colorizer weights."""
     cfg = run_config_from_args(build_parser().parse_args(["train", *args]))
     final = Final(stop)
-    train(replace(cfg, model=ModelConfig(**TINY), train=replace(cfg.train, image_size=32)), callbacks=[final], verbose=0)
+    train(dataclasses.replace(cfg, model=ModelConfig(**TINY), train=dataclasses.replace(cfg.train, image_size=32)), callbacks=[final], verbose=0)
     return final.weights
 
 

@@ -12,9 +12,9 @@ import struct
 import numpy as np
 import pytest
 
+from koalarization.errors import KoalarizationError
 from koalarization.model import efficientnet_lite as enl
 from koalarization.model import torch_legacy
-from koalarization.errors import KoalarizationError
 from koalarization.model.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, load_legacy_state_dict
 
 NAME = "efficientnet_lite0"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from koalarization.run import load_trained
+from koalarization.cli import main
 from koalarization.errors import KoalarizationError
 from koalarization.inference.export import export
-from koalarization.cli import main
+from koalarization.run import load_trained
+
 from test_colorize import make_weights
 
 TOLERANCE = 1e-4

@@ -19,10 +19,11 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO
-from koalarization.training import backup
-from koalarization.run import STAMP, load_trained
 from koalarization.cli import main
+from koalarization.run import STAMP, load_trained
+from koalarization.training import backup
+
+from conftest import REPO
 
 KILLER = Path(__file__).with_name("train_with_kill.py")
 TINY = ["--image-size", "32", "--embedder", "tiny_random", "--batch-size", "2", "--workers", "2"]

@@ -14,6 +14,7 @@ from skimage import color as skcolor  # noqa: E402
 from koalarization import color  # noqa: E402
 from koalarization.data import images  # noqa: E402
 from koalarization.model.preprocess import Preprocess  # noqa: E402
+
 from conftest import REPO  # noqa: E402
 from test_learning import overfit_two_photos  # noqa: E402
 
@@ -40,9 +41,20 @@ def test_serve_answers_health(tmp_path):
     from fastapi.testclient import TestClient
 
     from koalarization.inference.web.server import create_app
+
     from test_colorize import make_weights
 
     client = TestClient(create_app([str(make_weights(tmp_path))]))
     answer = client.get("/api/health")
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "ok" and answer.json()["models"][0]["embedder"] == "tiny_random"
+
+
+def test_classification_head_overfits_and_its_temperature_works_on_jax(tiny_model_config):
+    from test_distribution import (
+        test_classification_head_overfits_one_photo_to_vivid_colour,
+        test_temperature_changes_a_compiled_models_output_without_rebuilding,
+    )
+
+    test_classification_head_overfits_one_photo_to_vivid_colour()
+    test_temperature_changes_a_compiled_models_output_without_rebuilding(tiny_model_config)

@@ -10,7 +10,7 @@ from conftest import REPO
 PACKAGE = REPO / "koalarization"
 # Lower layers first; a module may import its own layer's modules and those of lower layers only.
 LAYERS = [
-    {"koalarization.errors", "koalarization.io", "koalarization.config", "koalarization.color"},
+    {"koalarization.errors", "koalarization.files", "koalarization.config", "koalarization.color"},
     {"koalarization.model"},
     {"koalarization.data"},
     {"koalarization.run", "koalarization.plots"},

@@ -5,11 +5,11 @@ import keras
 import numpy as np
 
 from koalarization import color
-
-from koalarization.data import images
 from koalarization.config import UP, ModelConfig
+from koalarization.data import images
 from koalarization.model.embedders import build_embedder
 from koalarization.model.preprocess import build_training_model
+
 from conftest import REPO
 
 

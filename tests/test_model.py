@@ -1,15 +1,17 @@
 """The network against the published layer table (docs/reference.md), fusion, freezing and save/load."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
 
-from conftest import tiny_inputs
-
 from koalarization.config import ModelConfig, RunConfig, TrainConfig
-from koalarization.model.embedders import build_embedder
 from koalarization.errors import KoalarizationError
+from koalarization.model.embedders import build_embedder
 from koalarization.model.network import Fusion, build_colorizer, build_model, colorizer_of
+
+from conftest import tiny_inputs
 
 # docs/reference.md, "The network" (Keras versions): (filters, stride) of each 3x3 conv, in order.
 REFERENCE_TABLE = [
@@ -178,11 +180,10 @@ def test_optimizer_by_name():
 def test_border_context_predicts_on_the_mirrored_photo_and_crops(tiny_model_config):
     """border_context p: the colorizer sees the photo with p mirrored pixels on each side; the output is
     the colorizer's output on that bigger input, cropped back to the photo."""
-    from dataclasses import replace
 
     embedder = build_embedder("tiny_random")
     plain = build_model(tiny_model_config, embedder)
-    framed = build_model(replace(tiny_model_config, border_context=8), embedder)
+    framed = build_model(dataclasses.replace(tiny_model_config, border_context=8), embedder)
     colorizer_of(framed).set_weights(colorizer_of(plain).get_weights())
     inputs = tiny_inputs(2)
     out = np.asarray(framed.predict_on_batch(inputs))
@@ -193,4 +194,4 @@ def test_border_context_predicts_on_the_mirrored_photo_and_crops(tiny_model_conf
     np.testing.assert_allclose(out, expected, atol=1e-6)
     assert not np.allclose(out, plain.predict_on_batch(inputs), atol=1e-4)  # the border changed something
     with pytest.raises(KoalarizationError, match="border_context 4: must be a multiple of 8"):
-        replace(tiny_model_config, border_context=4)
+        dataclasses.replace(tiny_model_config, border_context=4)

@@ -10,12 +10,12 @@ import keras
 import numpy as np
 import pytest
 
-from koalarization.training import backup
-from koalarization.run import load_trained
 from koalarization.cli import main
 from koalarization.config import RunConfig, TrainConfig
 from koalarization.errors import KoalarizationError
 from koalarization.model.network import colorizer_of
+from koalarization.run import load_trained
+from koalarization.training import backup
 from koalarization.training.train import train
 
 

@@ -42,11 +42,11 @@ def test_walkthrough_runs_headless(tmp_path):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     # Lab split, diagram (with Graphviz; a one-line note without it), augmentation grid, curves, test grid,
-    # own photo.
+    # own photo, the shipped weights' dial.
     if has_graphviz():
-        assert len(images) >= 6 and NO_DIAGRAM not in printed
+        assert len(images) >= 7 and NO_DIAGRAM not in printed
     else:
-        assert len(images) >= 5 and NO_DIAGRAM in printed
+        assert len(images) >= 6 and NO_DIAGRAM in printed
     summary = json.loads((tmp_path / "run" / "test" / "summary.json").read_text())
     held_out = json.loads((tmp_path / "run" / "split.json").read_text())["test"]
     assert summary["n_images"] == len(held_out) == 2  # the notebook's "../data" finds its own split
@@ -59,19 +59,28 @@ def diagram_cell() -> str:
     return next(c.source for c in nb.cells if c.cell_type == "code" and "plot_model" in c.source)
 
 
-@pytest.mark.parametrize("graphviz", [False, True], ids=["without-dot", "with-dot"])
+@pytest.mark.parametrize("graphviz", [False, True, "broken"], ids=["without-dot", "with-dot", "failing-dot"])
 def test_diagram_cell_with_and_without_graphviz(graphviz, tmp_path, monkeypatch, capsys):
-    """The diagram cell alone, on a tiny model: a clean machine without Graphviz gets the note, not an error."""
-    if graphviz and not has_graphviz():
+    """The diagram cell alone, on a tiny model: a clean machine without Graphviz, or with a `dot` that fails
+    (a broken install), gets the note, not an error."""
+    if graphviz is True and not has_graphviz():
         pytest.skip("needs Graphviz's `dot` on PATH and pydot")
-    if not graphviz:  # every folder that holds a `dot` leaves PATH
+    if graphviz is False:  # every folder that holds a `dot` leaves PATH
         kept = [d for d in os.environ.get("PATH", "").split(os.pathsep) if not shutil.which("dot", path=d)]
         monkeypatch.setenv("PATH", os.pathsep.join(kept))
+    if graphviz == "broken":  # a `dot` first on PATH that fails whatever it is asked
+        if importlib.util.find_spec("pydot") is None:
+            pytest.skip("needs pydot")
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "dot").write_text("#!/bin/sh\necho 'dot: broken install' >&2\nexit 3\n")
+        (bin_dir / "dot").chmod(0o755)
+        monkeypatch.setenv("PATH", os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]))
     shown = []
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     exec(diagram_cell(), {"Path": Path, "OUTPUT": str(tmp_path), "model": model, "colorizer_of": lambda m: m,
                           "Image": lambda filename: filename, "display": shown.append})
-    if graphviz:
+    if graphviz is True:
         assert shown == [str(tmp_path / "model.png")] and (tmp_path / "model.png").stat().st_size > 0
     else:
         assert shown == [] and not (tmp_path / "model.png").exists()

@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import synthetic_photo
-from test_cli import event_tags
-
 from koalarization import color
-
-from koalarization.data import batches
 from koalarization.cli import main
 from koalarization.config import AugmentConfig
+from koalarization.data import batches
 from koalarization.model.preprocess import Preprocess, WeightedABLoss
+
+from conftest import synthetic_photo
+from test_cli import event_tags
 
 
 def host_warp(rgb: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -4,22 +4,19 @@ inputs; few examples, so the file runs in seconds."""
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from corpus import deny_reads, make_corpus, reads_denied
-
 from koalarization import color
-
-from koalarization.data import cache
 from koalarization.config import AugmentConfig
+from koalarization.data import cache
 from koalarization.data.batches import BatchSource
 from koalarization.model.preprocess import Preprocess
+
+from corpus import deny_reads, make_corpus, reads_denied
 
 FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # The scaled ab of any sRGB colour: |a|, |b| <= 0.843 (measured over all 16.7 M colours: the extreme is
@@ -54,12 +51,17 @@ def test_lab_scaling_stays_in_range_and_round_trips_exactly(rgb):
 @given(arrays(np.float32, st.tuples(st.integers(1, 6), st.just(3)),
               elements=st.floats(-1, 1, width=32, allow_nan=False)))
 def test_any_network_output_becomes_a_valid_colour(values):
-    """Whatever the network predicts in [-1, 1] (even out of gamut) converts to finite sRGB in [0, 1]."""
+    """Whatever the network predicts in [-1, 1] (even out of gamut) converts to finite sRGB, and where no
+    channel had to be clipped the colour is exactly the predicted one: back to Lab it gives the same L and ab."""
     rgb = color.network_to_rgb(values[:, :1], values[:, 1:])
     assert rgb.shape == (len(values), 3) and np.isfinite(rgb).all()
-    assert rgb.min() >= 0.0 and rgb.max() <= 1.0
-    gray = color.gray_rgb_from_l(values[:, :1])
-    assert np.isfinite(gray).all() and gray.min() >= 0.0 and gray.max() <= 1.0
+    inside = np.all((rgb > 1e-3) & (rgb < 1 - 1e-3), axis=-1)  # in gamut: lab_to_rgb's clip did nothing
+    lab = color.rgb_to_lab(rgb[inside].astype(np.float64))
+    np.testing.assert_allclose(color.scale_l(lab[:, :1]), values[inside, :1], atol=1e-3)
+    np.testing.assert_allclose(color.scale_ab(lab[:, 1:]), values[inside, 1:], atol=2e-3)
+    gray = color.gray_rgb_from_l(values[:, :1])  # a = b = 0 is inside the gamut at every L: never clipped
+    np.testing.assert_allclose(gray[:, 0], gray[:, 1], atol=2e-5)  # float32 arithmetic
+    np.testing.assert_allclose(color.scale_l(color.rgb_to_lab(gray.astype(np.float64))[:, :1]), values[:, :1], atol=1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from skimage import color as skcolor
 
-from koalarization.data import images
-from koalarization.run import CONFIG_FILE, SHIPPED_WEIGHTS
 from koalarization.cli import main
 from koalarization.config import RunConfig
+from koalarization.data import images
 from koalarization.inference.evaluate import colorfulness
+from koalarization.run import CONFIG_FILE, SHIPPED_WEIGHTS
 
 PHOTO = Path(__file__).resolve().parents[1] / "data" / "coffee.jpg"
 MAX_MB = 30  # the package stays small

@@ -24,6 +24,7 @@ from starlette.requests import Request  # noqa: E402
 
 from koalarization.inference.web import server  # noqa: E402
 from koalarization.inference.web.server import create_app, model_labels, read_body  # noqa: E402
+
 from conftest import synthetic_photo  # noqa: E402
 from test_colorize import make_weights  # noqa: E402
 
@@ -278,14 +279,14 @@ def test_work_in_flight_is_bounded_and_the_rest_is_503_at_once(weights, monkeypa
     with 503 and Retry-After within seconds, and the 2 admitted ones succeed once the work goes on."""
     app = create_app([str(weights[0])], max_running=1, max_waiting=1)
     gate, decoding = threading.Event(), threading.Semaphore(0)
-    real_decode = server.decode
+    real_decode = server.decode_upload
 
     def slow_decode(*args):
         decoding.release()
         gate.wait(60)
         return real_decode(*args)
 
-    monkeypatch.setattr(server, "decode", slow_decode)
+    monkeypatch.setattr(server, "decode_upload", slow_decode)
     data = png_bytes(synthetic_photo(7, size=(40, 30)))
     results = {}  # i -> (response, seconds after the start)
     started = time.monotonic()

@@ -11,10 +11,10 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the web server needs fastapi (pip install -e .[test])")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from corpus import make_corpus  # noqa: E402
 from koalarization.inference.web.server import create_app  # noqa: E402
-from test_colorize import make_weights  # noqa: E402
 
+from corpus import make_corpus  # noqa: E402
+from test_colorize import make_weights  # noqa: E402
 
 
 @pytest.fixture(scope="module")

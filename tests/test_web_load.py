@@ -22,9 +22,10 @@ from PIL import Image
 
 pytest.importorskip("uvicorn", reason="the web server needs uvicorn (pip install -e .[test])")
 
+from koalarization.inference.web.server import MAX_UPLOAD_BYTES  # noqa: E402
+
 from conftest import REPO, synthetic_photo  # noqa: E402
 from corpus import write_bomb  # noqa: E402
-from koalarization.inference.web.server import MAX_UPLOAD_BYTES  # noqa: E402
 from test_colorize import make_weights  # noqa: E402
 
 REQUESTS, CLIENTS = 200, 8
@@ -203,3 +204,52 @@ def test_chunked_oversize_body_is_cut_off_at_the_limit(server):
             response += read_response(sock, 10)
     assert response.startswith(b"HTTP/1.1 413"), response[:200]
     assert sent <= MAX_UPLOAD_BYTES + (8 << 20)  # it stopped reading near the limit, not at the end
+
+
+def test_slow_uploads_hold_no_work_slot_and_are_cut_off(server):
+    """Ten clients trickle an upload a byte a second: a normal upload beside them is colorized within
+    seconds, and each trickler gets 408 once its deadline passes (server.UPLOAD_GRACE_S)."""
+    from koalarization.inference.web.server import UPLOAD_GRACE_S
+
+    url, *_ = server
+    host, port = url.removeprefix("http://").split(":")
+    trickling = []
+    answers: dict[int, bytes] = {}
+    normal_seconds = None
+    try:
+        for _ in range(10):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(b"POST /api/colorize HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: 100000\r\n\r\n\x89")
+            sock.settimeout(0.01)
+            trickling.append(sock)
+        started = time.monotonic()
+        data = encoded(synthetic_photo(3, size=(60, 80)), "PNG")
+        with ThreadPoolExecutor(1) as pool:
+            normal = pool.submit(post, url, "normal.png", data)
+            while normal_seconds is None or len(answers) < len(trickling):
+                if normal_seconds is None and normal.done():
+                    normal_seconds = time.monotonic() - started
+                for i, sock in enumerate(trickling):
+                    if i in answers:
+                        continue
+                    try:
+                        answers[i] = sock.recv(65536)
+                    except socket.timeout:
+                        try:
+                            sock.sendall(b"\0")  # one more byte of the upload
+                        except OSError:
+                            answers[i] = b""
+                    except OSError:
+                        answers[i] = b""
+                assert time.monotonic() - started < 60, f"{len(answers)} of the tricklers answered after 60 s"
+                time.sleep(1.0)
+            status, content = normal.result()
+        cut_off = time.monotonic() - started
+    finally:
+        for sock in trickling:
+            sock.close()
+    assert status == 200, content[:200]
+    assert normal_seconds < 10, normal_seconds  # not held behind the tricklers
+    assert all(a.startswith(b"HTTP/1.1 408") for a in answers.values()), [a[:40] for a in answers.values()]
+    assert cut_off < UPLOAD_GRACE_S + 15, cut_off

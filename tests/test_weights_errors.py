@@ -7,6 +7,7 @@ compares it with the config.json beside them, and compares the weight shapes wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -18,17 +19,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO, synthetic_photo
-from koalarization.run import STAMP, load_trained, save_weights_atomic
 from koalarization.cli import main
-from koalarization.config import UP, ModelConfig, RunConfig, TrainConfig, replace
+from koalarization.config import UP, ModelConfig, RunConfig, TrainConfig
+from koalarization.run import STAMP, load_trained, save_weights_atomic
+
+from conftest import REPO, synthetic_photo
 
 TINY = ModelConfig(
     encoder=((8, 2), (8, 1), (16, 2), (16, 1), (16, 2), (16, 1), (16, 1), (8, 1)),
     fusion_filters=8, decoder=(16, UP, 8, UP, 8, 8), embedder="tiny_random",
 )
-OTHER_ENCODER = replace(TINY, encoder=TINY.encoder[:-1] + ((16, 1),))  # same layers, one other shape
-DEEPER = replace(TINY, encoder=TINY.encoder + ((8, 1),))  # one layer more
+OTHER_ENCODER = dataclasses.replace(TINY, encoder=TINY.encoder[:-1] + ((16, 1),))  # same layers, one other shape
+DEEPER = dataclasses.replace(TINY, encoder=TINY.encoder + ((8, 1),))  # one layer more
 # What each command line needs besides --weights.
 COMMANDS = {
     "test": lambda w, tmp: ["test", "--data", str(tmp / "photos"), "--weights", str(w), "--output", str(tmp / "t")],
@@ -88,7 +90,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     runs["other_encoder_unstamped"] = (write_run(root / "other_unstamped", OTHER_ENCODER, TINY, stamp=False),
                                        r"weights of another network than .*config.json describes")
     # Checked before the embedder is built: no EfficientNet weights are needed to see the mismatch.
-    runs["other_embedder"] = (write_run(root / "embedder", TINY, replace(TINY, embedder="efficientnet_lite0")),
+    runs["other_embedder"] = (write_run(root / "embedder", TINY, dataclasses.replace(TINY, embedder="efficientnet_lite0")),
                               r"trained with embedder tiny_random, but .*embedder/config.json says "
                               r"efficientnet_lite0; use the config.json written beside these weights")
     return runs

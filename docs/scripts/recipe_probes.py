@@ -25,13 +25,10 @@ import keras
 import numpy as np
 
 from koalarization import color
-
-from koalarization.data import cache
-
-from koalarization.data import images
 from koalarization.config import ModelConfig
-from koalarization.model.embedders import build_embedder
+from koalarization.data import cache, images
 from koalarization.inference.evaluate import colorfulness, image_metrics
+from koalarization.model.embedders import build_embedder
 from koalarization.model.network import colorizer_of
 from koalarization.model.preprocess import build_training_model
 from koalarization.training.train import make_optimizer

@@ -84,23 +84,3 @@ def imagenet_top1(name: str, data_dir: str | Path, limit: int = 250, batch_size:
     seconds = time.perf_counter() - start
     n = len(files)
     return {"name": name, "n_images": n, "top1": top1 / n, "top5": top5 / n, "seconds_per_image": seconds / n}
-
-
-def embedding_seconds_per_image(name: str, n: int = 32, batch_size: int = 16, weights=None) -> float:
-    """Seconds per image of the classifier forward pass on random input, after one warm-up batch.
-
-    The weights do not change the cost, so by default none are loaded.
-    """
-    from koalarization.model.efficientnet_lite import VARIANTS, build_efficientnet_lite
-
-    model = build_efficientnet_lite(name, weights=weights)
-    res = VARIANTS[name]["resolution"]
-    x = np.random.default_rng(0).uniform(0, 255, (batch_size, res, res, 3)).astype(np.float32)
-    # predict_on_batch runs a compiled graph (3x faster than an eager call on TensorFlow);
-    # the warm-up batch pays for tracing.
-    model.predict_on_batch(x)
-    batches = max(1, -(-n // batch_size))
-    start = time.perf_counter()
-    for _ in range(batches):
-        model.predict_on_batch(x)
-    return (time.perf_counter() - start) / (batches * batch_size)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import keras
 
+from koalarization import color
 from koalarization.config import UP, ModelConfig
 
 # Dense peak TFLOP/s by device name (vendor data sheets, without sparsity). "float32" is the plain FP32
@@ -44,13 +45,15 @@ def colorizer_macs(cfg: ModelConfig, size: int, embedding_dim: int = 1000) -> in
         channels = filters
     macs += side * side * (channels + embedding_dim) * cfg.fusion_filters  # 1x1 conv after the fusion
     channels = cfg.fusion_filters
-    for spec in (*cfg.decoder, 2):  # the last 3x3 conv (2 filters, tanh) and the final x2 upsampling
+    for spec in cfg.decoder:
         if spec == UP:
             side *= 2
             continue
         macs += side * side * 9 * channels * spec
         channels = spec
-    return macs
+    if cfg.loss == "classification":  # a 1x1 conv to the ab bins (distribution.py)
+        return macs + side * side * channels * len(color.gamut_ab_bins())
+    return macs + side * side * 9 * channels * 2  # the last 3x3 conv (2 filters, tanh), then the x2 upsampling
 
 
 def layer_macs(model: keras.Model) -> int:

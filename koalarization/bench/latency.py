@@ -55,7 +55,6 @@ def machine() -> dict:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     except OSError:
         pass
-    import keras
 
     return {"cpus": os.cpu_count(), "cpu": model, "backend": keras.backend.backend(),
             "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}

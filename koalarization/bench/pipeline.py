@@ -22,6 +22,7 @@ import time
 
 from koalarization.bench.memory import PeakRSS, peak_rss_mb
 
+
 def consume(source, steps: int) -> int:
     """Fetch `steps` batches the way `Model.fit` does (Keras' PyDataset adapter and its worker threads),
     moving on to the next epoch when one ends; returns the number of photos."""

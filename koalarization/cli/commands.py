@@ -4,6 +4,7 @@ people. Errors are KoalarizationError; cli.main prints them on one line."""
 from __future__ import annotations
 
 import json
+import time
 
 from koalarization.cli.parsers import run_config_from_args
 from koalarization.errors import KoalarizationError
@@ -46,8 +47,16 @@ def test(args) -> int:
     from koalarization.inference.evaluate import evaluate, format_summary
 
     summary = evaluate(args.data, trained_run(args.weights), args.output, batch_size=args.batch_size,
-                       embedder_weights=args.embedder_weights, limit=args.limit, grid_rows=args.grid_rows)
+                       embedder_weights=args.embedder_weights, limit=args.limit, grid_rows=args.grid_rows,
+                       saturation=args.saturation, temperature=args.temperature, size=args.size)
     print(format_summary(summary, args.output))
+    run = trained_run(args.weights)
+    split = run.split()
+    if split is not None and summary["psnr"] <= summary["gray_psnr"] and len(split.train) < 1000:
+        # the quick start's case: its numbers say nothing of what the network can do
+        print(f"worse than gray: this run trained on {len(split.train)} photos for minutes, far too few to "
+              "learn colours; the shipped weights (docs/model_card.md) trained on three public photo sets: try `python -m koalarization test --data "
+              f"{args.data or 'DIR'}` (no --weights) or `python -m koalarization colorize PHOTO`")
     return 0
 
 
@@ -56,9 +65,14 @@ def colorize(args) -> int:
 
     s = colorize_files(args.inputs, trained_run(args.weights), args.out, size=args.size,
                        saturation=args.saturation, batch_size=args.batch_size,
-                       embedder_weights=args.embedder_weights)
-    print(f"colorized {s['colorized']} photo(s) into {s['out']} in {s['seconds']:.1f} s"
+                       embedder_weights=args.embedder_weights, temperature=args.temperature)
+    total = time.perf_counter() - args.started  # from cli.main's start: what the user waited
+    print(f"colorized {s['colorized']} photo(s) into {s['out']} in {total:.1f} s ({s['seconds']:.1f} s of it "
+          f"loading the model and colorizing)"
+          + (f"; replaced {s['replaced']} earlier output(s) of the same name" if s["replaced"] else "")
+          + (f"; left out {s['left_out']} earlier output(s) of colorize" if s["left_out"] else "")
           + (f"; skipped {s['skipped']} unreadable" if s["skipped"] else ""))
+
     return 0
 
 
@@ -76,9 +90,11 @@ def serve(args) -> int:
 
 
 def export(args) -> int:
+    from koalarization.inference.export import default_out
     from koalarization.inference.export import export as write_export
 
-    out = write_export(trained_run(args.weights), args.format, args.out, embedder_weights=args.embedder_weights)
+    out = write_export(trained_run(args.weights), args.format, args.out or default_out(args.format),
+                       embedder_weights=args.embedder_weights)
     print(f"exported {args.format} to {out}")
     return 0
 

@@ -43,6 +43,8 @@ def config_flags(parser, cls, section: str, only=None) -> None:
 
 def _parents() -> dict[str, argparse.ArgumentParser]:
     """Flags that several commands share, each declared here once."""
+    from koalarization.config import MAX_SATURATION, MAX_TEMPERATURE
+
     weights = argparse.ArgumentParser(add_help=False)
     weights.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     embedder_weights = argparse.ArgumentParser(add_help=False)
@@ -51,11 +53,18 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     size = argparse.ArgumentParser(add_help=False)
     size.add_argument("--size", type=int, default=None, metavar="S",
                       help="network working size, a multiple of 8 (default: the size the weights were trained at)")
-    return {"weights": weights, "embedder_weights": embedder_weights, "size": size}
+    dial = argparse.ArgumentParser(add_help=False)
+    dial.add_argument("--saturation", type=float, default=1.0,
+                      help=f"0 gray, 1 as predicted (default), up to {MAX_SATURATION:g}")
+    dial.add_argument("--temperature", type=float, default=None, metavar="T",
+                      help=f"weights with the classification head: annealed-mean temperature, above 0 and at most "
+                           f"{MAX_TEMPERATURE:g}; 1 = the mean colour (pale), smaller = more vivid (default: the weights' config, "
+                           "0.38)")
+    return {"weights": weights, "embedder_weights": embedder_weights, "size": size, "dial": dial}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from koalarization.config import ModelConfig, TrainConfig
+    from koalarization.config import COLORIZE_OUT, EXPORT_FORMATS, EXPORT_OUT, MAX_SATURATION, ModelConfig, TrainConfig
 
     shared = _parents()
     model_parents = [shared["weights"], shared["embedder_weights"]]
@@ -81,20 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "workers", "embedder_weights"})
     config_flags(p, ModelConfig, "model", only={"embedder"})
 
-    p = sub.add_parser("test", help="colorize the held-out photos and measure them", parents=model_parents,
+    p = sub.add_parser("test", help="colorize the held-out photos and measure them",
+                       parents=[*model_parents, shared["size"], shared["dial"]],
                        description="Write predicted/, bw/, actual/, metrics.csv and summary.json.")
-    p.add_argument("--data", required=True, help="a folder the run trained on (its held-out photos there), or any folder")
+    p.add_argument("--data", default=None,
+                   help="a folder the run trained on (its held-out photos there), or any folder (default: the "
+                        "held-out photos of every folder the run trained on, from its split.json)")
     p.add_argument("--output", default="model_output/test", help="where to write (default: model_output/test)")
     p.add_argument("--batch-size", type=int, default=16, help="photos per network call (default: 16)")
     p.add_argument("--limit", type=int, default=None, help="test on the first N photos only")
     p.add_argument("--grid-rows", type=int, default=8, help="photos in grid.png (default: 8)")
 
     p = sub.add_parser("colorize", help="colorize photos at their full resolution",
-                       parents=[*model_parents, shared["size"]],
+                       parents=[*model_parents, shared["size"], shared["dial"]],
                        description="Colorize photos; each output PNG keeps its photo's size and orientation.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files, folders (searched recursively) or globs")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the colorized PNGs")
-    p.add_argument("--saturation", type=float, default=1.0, help="0 gray, 1 as predicted (default), up to 4")
+    p.add_argument("--out", default=COLORIZE_OUT, metavar="DIR",
+                   help=f"folder for the colorized PNGs, created if needed (default: {COLORIZE_OUT}/ in the working "
+                        "folder); an output of the same name is replaced, and said so")
     p.add_argument("--batch-size", type=int, default=8, help="photos per network call (default: 8)")
 
     p = sub.add_parser("serve", help="web page and HTTP API for colorizing photos", parents=[shared["embedder_weights"]],
@@ -106,14 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a trained model as a TensorFlow SavedModel or ONNX", parents=model_parents,
                        description="Export the inference model (L and the embedder's L -> ab) for serving elsewhere.")
-    p.add_argument("--format", required=True, choices=["savedmodel", "onnx"])
-    p.add_argument("--out", required=True, metavar="PATH", help="SavedModel folder or .onnx file to write")
+    p.add_argument("--format", default="savedmodel", choices=EXPORT_FORMATS,
+                   help="savedmodel: a TensorFlow SavedModel folder; onnx: one .onnx file (pip install -e "
+                        "\".[onnx]\") (default: savedmodel)")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help=f"SavedModel folder or .onnx file to write (default: {EXPORT_OUT['savedmodel']} or "
+                        f"{EXPORT_OUT['onnx']} in the working folder)")
 
     p = sub.add_parser("check-embedder", help="ImageNet top-1 of an embedder on labelled photos",
                        parents=[shared["embedder_weights"]],
                        description="Classify photos named nXXXXXXXX_label.JPEG (all 1000 classes present) "
                                    "and print top-1/top-5 accuracy and the time per image.")
-    p.add_argument("--embedder", default="efficientnet_lite0")
+    p.add_argument("--embedder", default="efficientnet_lite0",
+                   help="the classifier to check: efficientnet_lite0, _lite1 or _lite2 (default: efficientnet_lite0)")
     p.add_argument("--data", required=True,
                    help="folder of ImageNet photos named nXXXXXXXX_label.JPEG, all 1000 classes (docs/reference.md)")
     p.add_argument("--limit", type=int, default=250, help="first N photos by file name (default: 250)")
@@ -127,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--megapixels", type=float, nargs="+", default=[1.0, 12.0], metavar="MP",
                    help="photo sizes in millions of pixels, 4:3 (default: 1 12)")
     p.add_argument("--saturation", type=float, default=1.0,
-                   help="as for colorize; above 1 more pixels need gamut fitting (default: 1)")
+                   help=f"as for colorize (0 to {MAX_SATURATION:g}); above 1 more pixels need gamut fitting (default: 1)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="keep the JPEG and PNG files here (default: a temporary folder, removed)")
 

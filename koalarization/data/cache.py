@@ -31,10 +31,9 @@ import numpy as np
 from tqdm import tqdm
 
 from koalarization import color
-
 from koalarization.data import images
 from koalarization.errors import KoalarizationError
-from koalarization.io import atomic_path, cache_dir, write_text_atomic
+from koalarization.files import atomic_path, cache_dir, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ FORMAT = 2
 MANIFEST = "manifest.json"
 PHOTOS, EMBEDDINGS, DONE = "photos-{:05d}.npy", "embeddings-{:05d}.npy", "shard-{:05d}.json"
 SHARD_SIZE = 4096
-CHUNK = 128  # photos decoded in parallel and embedded at a time
+EMBED_BATCH = 128  # photos decoded in parallel and embedded at a time
 GRAY = "grayscale: its colour channels are (nearly) equal"
 
 
@@ -67,7 +66,7 @@ def photo_inputs(rgb: np.ndarray, image_size: int, resolution: int) -> tuple[np.
     return small, color.lightness_uint8(for_embedder), color.is_gray(for_embedder)
 
 
-def decode(path: Path, image_size: int, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+def decode_for_cache(path: Path, image_size: int, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """One colour photo -> photo_inputs' (uint8 (S, S, 3), L (R, R, 1)). Gray photos raise ImageError(GRAY)."""
     small, for_embedder, gray = photo_inputs(images.load_rgb(path, max_side=max(image_size, resolution)),
                                              image_size, resolution)
@@ -167,7 +166,7 @@ def build(files, folder: str | Path, image_size: int, embedder_name: str, embedd
     if todo:
         embedder = build_embedder(embedder_name, embedder_weights)
         manifest["embedding_dim"] = int(embedder.output.shape[-1])
-        embed = runner(embedder) if runner is not None else embedder.predict_on_batch
+        embed = runner(embedder) if runner is not None else _default_runner(embedder)
         write_text_atomic(folder / MANIFEST, json.dumps(manifest))
         done_photos = len(files) - sum(len(files[k * shard_size : (k + 1) * shard_size]) for k in todo)
         with ThreadPoolExecutor(max(1, workers)) as pool, tqdm(
@@ -180,10 +179,19 @@ def build(files, folder: str | Path, image_size: int, embedder_name: str, embedd
     return Cache(folder)
 
 
+def _default_runner(embedder):
+    """Keras' predict_on_batch, or ONNX Runtime checked against it when the optional packages are
+    installed (onnx_runner.py: about 4x faster on a CPU, the same features to within 1e-4)."""
+    from koalarization.model import onnx_runner
+
+    fast = onnx_runner.onnx_runner(embedder)
+    return onnx_runner.checked(fast, embedder.predict_on_batch) if fast else embedder.predict_on_batch
+
+
 def _build_shard(folder, k, shard, image_size, resolution, dim, embed, pool, bar) -> None:
     def one(path):
         try:
-            return decode(path, image_size, resolution)
+            return decode_for_cache(path, image_size, resolution)
         except images.ImageError as err:
             return str(err).removeprefix(f"{path}: ")
 
@@ -196,8 +204,8 @@ def _build_shard(folder, k, shard, image_size, resolution, dim, embed, pool, bar
                                                       "shape": (len(shard), image_size, image_size, 3)})
         np.lib.format.write_array_header_1_0(embeddings, {"descr": "<f4", "fortran_order": False,
                                                           "shape": (len(shard), dim)})
-        for first in range(0, len(shard), CHUNK):
-            results = list(pool.map(one, shard[first : first + CHUNK]))
+        for first in range(0, len(shard), EMBED_BATCH):
+            results = list(pool.map(one, shard[first : first + EMBED_BATCH]))
             good = [r for r in results if not isinstance(r, str)]
             vectors = iter(np.asarray(embed(np.stack([r[1] for r in good])), np.float32) if good else [])
             for i, result in enumerate(results, start=first):

@@ -22,7 +22,9 @@ from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageErr
 
 from koalarization.data import png
 from koalarization.errors import KoalarizationError
-from koalarization.io import atomic_path
+from koalarization.files import atomic_path
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 # Pillow's own limit (about 89 M pixels warns, twice that raises) guards against decompression bombs;
@@ -120,18 +122,6 @@ def _open(source, path) -> Image.Image:
         raise ImageError(f"{path}: cannot read ({err})") from None
 
 
-def has_colour(path: str | Path) -> bool:
-    """False when the file's header says it has no colour (modes 1, L, LA, I, I;16, F). A colour file is
-    also decoded whole, in the same open: JPEGs at 1/8 scale (Pillow's draft mode still reads the
-    entropy-coded data to its end, so truncation shows), so a scan stays cheap. Broken files: ImageError."""
-    path = Path(path)
-    with _open(path, path) as image:
-        if image.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            return False
-        _decode(image, path, path, max_side=1)
-        return True
-
-
 def _float_to_gray(values: np.ndarray) -> np.ndarray:
     """Float gray (mode F, any range, signed too) -> uint8: the finite values' min..max becomes 0..255.
     NaN takes the minimum, +-inf the nearest end, so one bad pixel cannot turn the whole photo black."""
@@ -173,8 +163,20 @@ def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
         return _decode(image, path, path, max_side)
 
 
+def frame_note(image: Image.Image) -> str | None:
+    """'frame 1 of N' for an animated or multi-page image (GIF, APNG, TIFF, WebP), else None: every command
+    uses the first frame only."""
+    frames = int(getattr(image, "n_frames", 1) or 1)
+    return f"frame 1 of {frames}" if frames > 1 else None
+
+
 def _decode(image: Image.Image, path, source, max_side: int | None = None) -> np.ndarray:
-    """`image`, opened from `source` (a path or the upload's BytesIO), -> uint8 RGB (H, W, 3), upright."""
+    """`image`, opened from `source` (a path or the upload's BytesIO), -> uint8 RGB (H, W, 3), upright.
+    A file of several frames logs one warning line naming it: only its first frame is used."""
+    note = frame_note(image)
+    if note:
+        log.warning("%s: %s used (an animated or multi-page file; the other frames are ignored)",
+                    display_name(path), note)
     try:
         if max_side and image.format in _JPEG:
             image.draft("RGB", (max_side, max_side))
@@ -350,13 +352,31 @@ def display_name(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def save_png_atomic(rgb: np.ndarray, path: Path, compress_level: int | None = None) -> None:
+# The PNG `Software` text of what `colorize` (and `test`'s predicted/) writes: how a later `colorize` over
+# the same folders knows its own outputs and leaves them out.
+OUTPUT_MARK = {"Software": "koalarization colorize"}
+
+
+def is_our_output(path: str | Path) -> bool:
+    """True when `path` is a PNG that koalarization colorized (OUTPUT_MARK); reads its header only."""
+    if Path(path).suffix.lower() != ".png":
+        return False
+    try:
+        with Image.open(path) as image:
+            return image.info.get("Software") == OUTPUT_MARK["Software"]
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # the decoder says why, later
+        return False
+
+
+def save_png_atomic(rgb: np.ndarray, path: Path, compress_level: int | None = None,
+                    text: dict[str, str] | None = None) -> None:
     """uint8 RGB (H, W, 3) -> PNG at `path` (io.atomic_path: a killed or failed run never leaves half a PNG
     under NAME.png), encoded by data.png on every core; compress_level on its deflater's scale (default
-    png.LEVEL). A write error is one KoalarizationError naming the folder."""
+    png.LEVEL); text: PNG tEXt chunks (OUTPUT_MARK for colorized photos). A write error is one
+    KoalarizationError naming the folder."""
     path = Path(path)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as file:
-            png.write_png(rgb, file, compress_level)
+            png.write_png(rgb, file, compress_level, text)
     except OSError as err:
         raise KoalarizationError(f"{path.parent}: cannot write {path.name} ({err.strerror or err})") from None

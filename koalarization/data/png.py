@@ -63,9 +63,10 @@ def filtered_rows(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_png(pixels: np.ndarray, file, level: int | None = None) -> None:
+def write_png(pixels: np.ndarray, file, level: int | None = None, text: dict[str, str] | None = None) -> None:
     """Write `pixels` (uint8 (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA) to the binary file object `file`.
-    level: on DEFLATE's own scale (default LEVEL)."""
+    level: on DEFLATE's own scale (default LEVEL); text: tEXt chunks {keyword: Latin-1 text} (PNG 11.3.4.3),
+    written before the pixels so that a reader finds them without decoding any."""
     level = LEVEL if level is None else level
     pixels = np.ascontiguousarray(pixels)
     if pixels.ndim == 2:
@@ -89,6 +90,8 @@ def write_png(pixels: np.ndarray, file, level: int | None = None) -> None:
     trailer = struct.pack(">I", zlib.adler32(scanlines))  # in this thread, while the bands deflate
     file.write(_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, _COLOUR_TYPES[channels],
                                                         0, 0, 0)))
+    for keyword, value in (text or {}).items():
+        file.write(_chunk(b"tEXt", keyword.encode("latin-1") + b"\0" + value.encode("latin-1")))
     for i, (data, crc) in enumerate(deflated):  # one IDAT chunk per band; the first and last carry the wrapper
         before, after = (header if i == 0 else b""), (trailer if i == len(bands) - 1 else b"")
         file.write(struct.pack(">I", len(before) + len(data) + len(after)) + b"IDAT" + before)

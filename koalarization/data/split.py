@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from koalarization.errors import KoalarizationError
-from koalarization.io import write_text_atomic
+from koalarization.files import write_text_atomic
 
 SPLIT_FILE = "split.json"
 

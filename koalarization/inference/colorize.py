@@ -1,6 +1,9 @@
 """Colorize photos of any size: the network sees a small L, the output keeps the photo's own L.
 
-    Colorizer(run).colorize(rgb uint8 (H, W, 3), saturation=1.0) -> uint8 RGB (H, W, 3)
+    Colorizer(run).colorize(rgb uint8 (H, W, 3), saturation=1.0, temperature=None) -> uint8 RGB (H, W, 3)
+
+temperature: the classification head's annealed-mean temperature (None: the run's config, 0.38 by default;
+1 = the mean colour, smaller = more vivid); weights trained with MSE refuse it.
 
 As in Zhang et al.'s `colorization` and DeOldify (docs/reference.md, "Output at full resolution"): the photo is
 squashed to the network size S x S (as in training), the predicted ab (S, S, 2) in [-1, 1] is upsampled
@@ -32,18 +35,19 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from koalarization import color
-
+from koalarization.config import COLORIZE_OUT, MAX_SATURATION, check_temperature
 from koalarization.data import images
 from koalarization.data.cache import photo_inputs
-from koalarization.run import TrainedRun
 from koalarization.errors import KoalarizationError
+from koalarization.model.network import has_temperature, set_temperature
+from koalarization.run import TrainedRun
 
 log = logging.getLogger(__name__)
 
 # Pixels per colour-kernel call. The kernel works on flat pixel lists, so every photo is cut into chunks of
 # this one shape and XLA compiles it once per process instead of once per photo size. 2**18 pixels keep a
 # chunk's data in the caches (~3 MB in, ~1 MB out) and are ~10 ms of work: 12 MP is 46 calls, over all cores.
-CHUNK = 1 << 18
+PIXEL_CHUNK = 1 << 18
 # Gamut fitting finds the largest chroma factor that fits to within 1/2**FIT_STEPS (1 %: invisible).
 FIT_STEPS = 7
 
@@ -91,11 +95,11 @@ def backend_jit(fn):
 
 @functools.cache
 def _kernels():
-    """Two compiled pixel kernels in keras.ops, both rgb uint8 (CHUNK, 3), a and b (CHUNK,) float32 in Lab
-    units -> (r, g, b) uint8 (CHUNK,) each, with the photo's L:
+    """Two compiled pixel kernels in keras.ops, both rgb uint8 (PIXEL_CHUNK, 3), a and b (PIXEL_CHUNK,) float32 in Lab
+    units -> (r, g, b) uint8 (PIXEL_CHUNK,) each, with the photo's L:
         join: (a, b) as given, and a fourth output, whether every pixel fitted in the sRGB gamut;
         fit: (a, b) reduced where the gamut needs it (bisection), for the chunks where join says not.
-    Planar outputs, not one (CHUNK, 3) array: XLA would compute a stacked output one channel at a time,
+    Planar outputs, not one (PIXEL_CHUNK, 3) array: XLA would compute a stacked output one channel at a time,
     repeating the shared work (measured 2-4x slower)."""
     from keras import ops
 
@@ -110,7 +114,7 @@ def _kernels():
         return tuple(ops.cast(ops.where(neutral, out[1], c), "uint8") for c in out)
 
     def lightness_f(rgb_uint8):
-        return color.luminance_f(ops.cast(rgb_uint8, "int32"), xp=ops)  # the photo's L is 116 f - 16
+        return color.lab_f_of_luminance(ops.cast(rgb_uint8, "int32"), xp=ops)  # the photo's L is 116 f - 16
 
     def join(rgb_uint8, a, b):
         linear, inside = linear_rgb(lightness_f(rgb_uint8), a, b)
@@ -180,10 +184,10 @@ def join_lightness(rgb: np.ndarray, ab_scaled: np.ndarray, saturation: float = 1
     out, (join, fit) = np.empty_like(flat_rgb), _kernels()
 
     def chunk(start):
-        stop = min(start + CHUNK, len(flat_rgb))
+        stop = min(start + PIXEL_CHUNK, len(flat_rgb))
         pieces = [flat_rgb[start:stop], *ab.band(start, stop)]
-        if stop - start < CHUNK:  # the last piece: zero-padded to the one compiled shape
-            pieces = [np.pad(p, [(0, CHUNK - (stop - start))] + [(0, 0)] * (p.ndim - 1)) for p in pieces]
+        if stop - start < PIXEL_CHUNK:  # the last piece: zero-padded to the one compiled shape
+            pieces = [np.pad(p, [(0, PIXEL_CHUNK - (stop - start))] + [(0, 0)] * (p.ndim - 1)) for p in pieces]
         *channels, fitted = join(*pieces)
         if not bool(fitted):  # usually no chunk of a photo: the network's colours are mostly in gamut
             channels = fit(*pieces)
@@ -191,14 +195,20 @@ def join_lightness(rgb: np.ndarray, ab_scaled: np.ndarray, saturation: float = 1
             out[start:stop, c] = np.asarray(channel)[: stop - start]
 
     with _stage("pixels"):
-        list(_pool().map(chunk, range(0, len(flat_rgb), CHUNK)))
+        list(_pool().map(chunk, range(0, len(flat_rgb), PIXEL_CHUNK)))
     return out.reshape(height, width, 3)
+
+
+def gray_from_lightness(rgb: np.ndarray) -> np.ndarray:
+    """The gray baseline of a photo: its own L with a = b = 0, uint8 RGB (H, W, 3) -> uint8 RGB (H, W, 3)."""
+    return join_lightness(rgb, np.zeros((1, 1, 2), np.float32))
 
 
 def _check_saturation(saturation: float) -> float:
     saturation = float(saturation)
-    if not 0.0 <= saturation <= 4.0:  # also refuses NaN
-        raise KoalarizationError(f"saturation {saturation}: must be between 0 (gray) and 4 (1 = as predicted)")
+    if not 0.0 <= saturation <= MAX_SATURATION:  # also refuses NaN
+        raise KoalarizationError(f"saturation {saturation}: must be between 0 (gray) and {MAX_SATURATION:g} "
+                                 "(1 = as predicted)")
     return saturation
 
 
@@ -225,67 +235,99 @@ class Colorizer:
         self._model = model
         self._lock = threading.Lock()  # Keras' predict state is not safe to share between threads
 
-    def predict_ab(self, rgbs: list[np.ndarray]) -> np.ndarray:
+    def temperature(self, temperature: float | None = None) -> float | None:
+        """The annealed-mean temperature a call with `temperature` uses: None for weights trained with MSE
+        (which refuse any), else `temperature` checked, or the run's default."""
+        if not has_temperature(self._model):
+            if temperature is not None:
+                set_temperature(self._model, temperature)  # raises the one-line error
+            return None
+        return check_temperature(self.config.model.temperature if temperature is None else temperature)
+
+    def predict_ab(self, rgbs: list[np.ndarray], temperature: float | None = None) -> np.ndarray:
         """uint8 RGB photos of any sizes -> ab (B, S, S, 2) in [-1, 1], from each photo squashed to S x S,
         and the embedder's view of it at its own resolution."""
+        temperature = self.temperature(temperature)
         with _stage("lab"):
             small, for_embedder, _ = zip(*(photo_inputs(rgb, self.size, self.resolution) for rgb in rgbs))
             inputs = {"L": color.lightness_uint8(np.stack(small)), "L_embedder": np.stack(for_embedder)}
         with self._lock, _stage("network"):
+            if temperature is not None:  # a variable of the compiled model: no recompiling
+                set_temperature(self._model, temperature)
             return np.asarray(self._model.predict_on_batch(inputs), np.float32)
 
-    def colorize_many(self, rgbs: list[np.ndarray], saturation: float = 1.0) -> list[np.ndarray]:
+    def colorize_many(self, rgbs: list[np.ndarray], saturation: float = 1.0,
+                      temperature: float | None = None) -> list[np.ndarray]:
         """uint8 RGB (H_i, W_i, 3) each -> uint8 RGB of the same sizes; one network call for the batch."""
         saturation = _check_saturation(saturation)
+        self.temperature(temperature)  # a bad temperature fails before any work
         for rgb in rgbs:
             if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
                 raise KoalarizationError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
         if not rgbs:
             return []
-        return [join_lightness(rgb, ab, saturation) for rgb, ab in zip(rgbs, self.predict_ab(rgbs))]
+        return [join_lightness(rgb, ab, saturation) for rgb, ab in zip(rgbs, self.predict_ab(rgbs, temperature))]
 
-    def colorize(self, rgb: np.ndarray, saturation: float = 1.0) -> np.ndarray:
+    def colorize(self, rgb: np.ndarray, saturation: float = 1.0, temperature: float | None = None) -> np.ndarray:
         """uint8 RGB (H, W, 3) -> uint8 RGB (H, W, 3) with the photo's own L; saturation 0 gives gray."""
-        return self.colorize_many([rgb], saturation)[0]
+        return self.colorize_many([rgb], saturation, temperature)[0]
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (recursive) and globs -> photo paths, in order, without duplicates."""
-    found: list[Path] = []
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], int]:
+    """Files, folders (recursive) and globs -> (photo paths, in order, without duplicates; how many were left
+    out as colorize's own outputs). A photo found in a folder or by a glob is left out when it is a PNG that
+    colorize wrote (images.OUTPUT_MARK): a second run over the same tree must not colorize the first run's
+    outputs, wherever they were written. A file named directly is always taken."""
+    found: list[tuple[Path, bool]] = []  # (path, named directly)
     for item in inputs:
         if os.path.lexists(item):  # lexists: a FIFO, a device or a broken link given directly is named as such
-            found.extend(images.find_images(item))
+            direct = not os.path.isdir(item)
+            found.extend((p, direct) for p in images.find_images(item))
             continue
         matches = sorted(glob.glob(item, recursive=True)) if any(c in item for c in "*?[") else []
         for match in matches:
             if Path(match).is_dir():
-                found.extend(images.find_images(match))
+                found.extend((p, False) for p in images.find_images(match))
             elif Path(match).suffix.lower() in images.IMAGE_EXTENSIONS:
-                found.append(Path(match))
+                found.append((Path(match), False))
         if not matches:
             raise KoalarizationError(f"inputs {item}: no such file or folder, and no photo matches it")
     unique: dict[str, Path] = {}
-    for p in found:
+    left_out = 0
+    for p, direct in found:
         # realpath, not Path.resolve(): no RuntimeError on a symlink loop (the loop is skipped later, by name)
-        unique.setdefault(os.path.realpath(p), p)  # the first name of each file, in order
-    return list(unique.values())
+        real = os.path.realpath(p)
+        if real in unique:
+            continue
+        if not direct and images.is_our_output(p):
+            left_out += 1
+            continue
+        unique[real] = p  # the first name of each file, in order
+    return list(unique.values()), left_out
 
 
-def colorize_files(inputs: list[str], run, out_dir, size=None, saturation=1.0, batch_size=8,
-                   embedder_weights=None) -> dict:
-    """Colorize every photo of `inputs` into `out_dir` as PNGs of the photos' own sizes (EXIF applied)."""
+def colorize_files(inputs: list[str], run, out_dir=COLORIZE_OUT, size=None, saturation=1.0, batch_size=8,
+                   embedder_weights=None, temperature=None) -> dict:
+    """Colorize every photo of `inputs` into `out_dir` as PNGs of the photos' own sizes (EXIF applied).
+    Returns {"colorized", "skipped" (unreadable), "left_out" (earlier outputs), "replaced" (outputs that
+    were there before), "out", "seconds"}."""
     start = time.perf_counter()
     saturation = _check_saturation(saturation)
-    paths = expand_inputs(inputs)
-    if not paths:
-        raise KoalarizationError(f"inputs {' '.join(inputs)}: no photos found")
     out_dir = Path(out_dir)
+    paths, left_out = expand_inputs(inputs)
+    if left_out:
+        log.info("left out %d PNG(s) that colorize wrote in an earlier run", left_out)
+    if not paths:
+        raise KoalarizationError(f"inputs {' '.join(inputs)}: no photos found"
+                                 + (f" (left out {left_out} earlier output(s) of colorize)" if left_out else ""))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise KoalarizationError(f"out {out_dir}: cannot create ({err.strerror or err})") from None
     colorizer = Colorizer(run, size, embedder_weights)
+    colorizer.temperature(temperature)  # MSE weights refuse a temperature before any photo is read
     targets = {path: out_dir / name for path, name in zip(paths, images.output_names(paths, [out_dir]))}
+    replaced = sum(target.exists() for target in targets.values())
     skipped, done = images.SkipLog(log), 0
     with logging_redirect_tqdm(), tqdm(total=len(paths), unit="photo", disable=len(paths) < 2) as bar:
         for first in range(0, len(paths), max(1, batch_size)):
@@ -298,13 +340,13 @@ def colorize_files(inputs: list[str], run, out_dir, size=None, saturation=1.0, b
                         raise
                     skipped.add(err)
                     bar.update(1)
-            results = colorizer.colorize_many([rgb for _, rgb in batch], saturation)
+            results = colorizer.colorize_many([rgb for _, rgb in batch], saturation, temperature)
             for (path, _), rgb in zip(batch, results):
-                images.save_png_atomic(rgb, targets[path])
+                images.save_png_atomic(rgb, targets[path], text=images.OUTPUT_MARK)
                 done += 1
                 bar.update(1)
     skipped.close()
     if not done:
         raise KoalarizationError(f"inputs {' '.join(inputs)}: none of the {len(paths)} photos could be read")
-    return {"colorized": done, "skipped": skipped.count, "out": str(out_dir),
-            "seconds": round(time.perf_counter() - start, 2)}
+    return {"colorized": done, "skipped": skipped.count, "left_out": left_out, "replaced": replaced,
+            "out": str(out_dir), "seconds": round(time.perf_counter() - start, 2)}

@@ -1,17 +1,21 @@
-"""`test`: colorize held-out photos, write the reference's outputs and measure them honestly.
+"""`test`: colorize held-out photos as `colorize` does, write the reference's outputs and measure them honestly.
 
-For each photo (squashed to the network size S x S, as in training), writes
-    predicted/NAME.png   L of the photo + predicted ab
-    bw/NAME.png          L of the photo, ab = 0 (the gray baseline every number must beat)
+Every number is measured on what `colorize` writes: the photo at its own resolution, its own L joined with
+the predicted ab upsampled to its size, gamut-fitted (colorize.Colorizer). For each photo, writes
+    predicted/NAME.png   exactly `colorize`'s output for the photo (same settings)
+    bw/NAME.png          the photo's own L, ab = 0 (the gray baseline every number must beat)
     actual/NAME.png      the photo itself
 NAME.png is the photo's own name (`images.output_names`, as `colorize` names them): a.png and a.tif give
 a.png and a-1.png. `metrics.csv` (per photo: the file, its output NAME.png, PSNR and SSIM on RGB against the
-photo, colourfulness, the frame statistic; the same for the gray baseline and the photo) grows by a batch of
-rows as each batch is done, so a run that fails or is killed later keeps the rows of the photos already
-written. Then `summary.json` (the means over the photos that have colour; photos that are gray themselves,
-by file mode or by content, are listed in metrics.csv and counted as `n_gray_truth`) and last `grid.png`
-(bw | predicted | actual rows for a sample, captioned with PSNR). PSNR/SSIM come from scikit-image;
-`format_summary` is what `test` prints for people.
+photo, colourfulness, the frame statistic, the raw ab accuracy's AuC; the same for the gray baseline and the
+photo) grows by a batch of rows as each batch is done, so a run that fails or is killed later keeps the rows
+of the photos already written. Then `summary.json` (the means over the photos that have colour; photos that
+are gray themselves, by file mode or by content, are listed in metrics.csv and counted as `n_gray_truth`)
+and last `grid.png` (bw | predicted | actual rows for a sample, captioned with PSNR). PSNR/SSIM come from
+scikit-image; `format_summary` is what `test` prints for people.
+
+Raw accuracy (Zhang et al. 2016, section 3.1): the share of pixels whose ab lies within t of the photo's
+(Euclidean, Lab units), averaged over t = 0..150: `auc`, against `gray_auc` for ab = 0.
 """
 
 from __future__ import annotations
@@ -27,21 +31,20 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
 from koalarization import color
-
 from koalarization.data import images
-from koalarization.data.cache import photo_inputs
-from koalarization.run import TrainedRun
-from koalarization.model.embedders import get_spec
-from koalarization.io import write_text_atomic
 from koalarization.errors import KoalarizationError
+from koalarization.files import write_text_atomic
 from koalarization.plots import plot_grid
+from koalarization.run import TrainedRun
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FOLDERS = ("predicted", "bw", "actual")
+SSIM_WINDOW = 7  # scikit-image's default (Wang et al. 2004 use 11 with a Gaussian)
 SUMMARY_KEYS = ("n_images", "psnr", "ssim", "colorfulness", "gray_psnr", "gray_ssim", "gt_colorfulness",
-                "frame", "gt_frame")
+                "frame", "gt_frame", "auc", "gray_auc")
 FRAME_SIZE, FRAME_BAND = 64, 6  # frame_statistic: compared at 64 x 64, over the outer 6-pixel band
+ACCURACY_THRESHOLDS = 150  # raw accuracy: t = 0, 1, ..., 150 (Zhang et al.)
 
 
 def colorfulness(rgb_uint8: np.ndarray) -> float:
@@ -65,18 +68,40 @@ def frame_statistic(rgb_uint8: np.ndarray) -> float:
     return float(change[band].mean() / inside) if inside > 0 else float("nan")
 
 
+def ab_accuracy_auc(actual: np.ndarray, predicted: np.ndarray) -> float:
+    """Zhang et al.'s raw accuracy of uint8 RGB `predicted` against `actual` (same size): the share of pixels
+    whose ab is within t of the photo's, averaged over t = 0..ACCURACY_THRESHOLDS (1 = every pixel exact)."""
+    true_ab = color.rgb_uint8_to_network(actual)[1]
+    ours_ab = color.rgb_uint8_to_network(predicted)[1]
+    distance = np.hypot(*np.moveaxis(ours_ab - true_ab, -1, 0)).ravel() * color.AB_SCALE
+    thresholds = np.arange(ACCURACY_THRESHOLDS + 1)
+    within = np.searchsorted(np.sort(distance), thresholds, side="right") / distance.size
+    return float(within.mean())
+
+
 def image_metrics(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
-    """(PSNR in dB, SSIM) of a uint8 RGB prediction against the photo."""
+    """(PSNR in dB, SSIM) of a uint8 RGB prediction against the photo. SSIM's 7-px window shrinks to the
+    largest odd size that fits a photo with a shorter side (e.g. 5000 x 5); below 3 px SSIM is undefined:
+    NaN, left out of the means."""
     with np.errstate(divide="ignore"):  # identical images: PSNR is +inf, by definition
         psnr = peak_signal_noise_ratio(actual, predicted, data_range=255)
-    ssim = structural_similarity(actual, predicted, channel_axis=-1, data_range=255)
+    side = min(actual.shape[:2])
+    window = min(SSIM_WINDOW, side if side % 2 else side - 1)
+    if window < 3:
+        return float(psnr), float("nan")
+    ssim = structural_similarity(actual, predicted, channel_axis=-1, data_range=255, win_size=window)
     return float(psnr), float(ssim)
 
 
-def test_files(data: str | Path, run: TrainedRun) -> list[Path]:
+def test_files(data: str | Path | None, run: TrainedRun) -> list[Path]:
     """The held-out photos of the run's split that lie in `data` when it is a folder the run trained on,
-    else every photo of `data`."""
+    else every photo of `data`; data None: all the held-out photos of the run's split."""
     split = run.split()
+    if data is None:
+        if split is None:
+            raise KoalarizationError(f"data: {run.weights} records no photos ({run.split_file} is missing); "
+                                     "give a folder of photos to test on")
+        return list(split.test)
     if split is not None:
         if split.belongs_to(data):
             folder = Path(os.path.abspath(data))
@@ -96,8 +121,66 @@ def _append_rows(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def evaluate(data, run, output, batch_size=16, embedder_weights=None, limit=None, grid_rows=8) -> dict:
-    """Run `test` (see the module docstring, plus `grid.png` of `grid_rows` photos); returns the summary."""
+def score_photos(colorizer, files, saturation=1.0, temperature=None, batch_size=16, on_batch=None):
+    """Colorize `files` with `colorizer` (colorize.Colorizer) as `colorize` does and measure each photo.
+    Returns (rows: one dict of metrics per readable photo, skipped: images.SkipLog). on_batch(items), if
+    given, gets each batch as dicts {"path", "actual", "predicted", "bw", "row"} (uint8 RGB at the photos'
+    own sizes)."""
+    from koalarization.inference.colorize import gray_from_lightness
+
+    rows, skipped = [], images.SkipLog(log)
+    for start in tqdm(range(0, len(files), batch_size), desc="test", unit="batch", leave=False):
+        loaded = []
+        for path in files[start : start + batch_size]:
+            try:
+                loaded.append((path, images.load_rgb(path)))
+            except images.ImageError as err:
+                if len(files) == 1:  # one photo asked for: its problem is the command's error
+                    raise
+                skipped.add(err)
+        if not loaded:
+            continue
+        predicted = colorizer.colorize_many([rgb for _, rgb in loaded], saturation, temperature)
+        items = []
+        for (path, actual), ours in zip(loaded, predicted):
+            bw = gray_from_lightness(actual)
+            psnr, ssim = image_metrics(actual, ours)
+            gray_psnr, gray_ssim = image_metrics(actual, bw)
+            # Mean chroma of the photo: below 1 (of about 128) it has no colour to recover.
+            chroma = float(np.hypot(*np.moveaxis(color.rgb_uint8_to_network(images.resize_rgb(actual, FRAME_SIZE))[1],
+                                                 -1, 0)).mean() * color.AB_SCALE)
+            row = {"file": images.display_name(path), "psnr": psnr, "ssim": ssim,
+                   "colorfulness": colorfulness(ours), "gray_psnr": gray_psnr, "gray_ssim": gray_ssim,
+                   "gt_colorfulness": colorfulness(actual), "frame": frame_statistic(ours),
+                   "gt_frame": frame_statistic(actual), "auc": ab_accuracy_auc(actual, ours),
+                   "gray_auc": ab_accuracy_auc(actual, bw),
+                   "gray_truth": bool(chroma < 1.0 or color.is_gray(actual))}
+            rows.append(row)
+            items.append({"path": path, "actual": actual, "predicted": ours, "bw": bw, "row": row})
+        if on_batch is not None:
+            on_batch(items)
+    skipped.close()
+    return rows, skipped
+
+
+def summarize(rows: list[dict], skipped: int = 0) -> dict:
+    """Means over the photos that have colour (photos that are gray themselves have no colour to recover,
+    and the gray baseline reproduces them exactly: infinite PSNR); how many photos beat gray."""
+    scored = [r for r in rows if not r["gray_truth"]] or rows
+    summary = {"n_images": len(scored)}
+    summary.update({k: float(np.nanmean([r[k] for r in scored])) for k in SUMMARY_KEYS[1:]})
+    summary.update(n_gray_truth=len(rows) - len(scored) if scored is not rows else 0, skipped=skipped,
+                   # a mean can hide a minority of photos ruined by a wrong cast: how many beat gray at all
+                   n_better_than_gray=int(sum(r["psnr"] > r["gray_psnr"] for r in scored)))
+    return summary
+
+
+def evaluate(data, run, output, batch_size=16, embedder_weights=None, limit=None, grid_rows=8, saturation=1.0,
+             temperature=None, size=None) -> dict:
+    """Run `test` (see the module docstring, plus `grid.png` of `grid_rows` photos); returns the summary.
+    saturation, temperature, size: as `colorize`'s."""
+    from koalarization.inference.colorize import Colorizer
+
     run = TrainedRun.at(run)
     files = test_files(data, run)[:limit]
     if not files:
@@ -105,8 +188,7 @@ def evaluate(data, run, output, batch_size=16, embedder_weights=None, limit=None
     # An evenly spread, deterministic sample for the picture grid.
     in_grid = {files[int(i)] for i in np.linspace(0, len(files) - 1, min(grid_rows, len(files))).round()}
     grid = []
-    model, cfg = run.load(embedder_weights)
-    size, resolution = cfg.train.image_size, get_spec(cfg.model.embedder).resolution
+    colorizer = Colorizer(run, size, embedder_weights)
     output = Path(output)
     for folder in OUTPUT_FOLDERS:
         (output / folder).mkdir(parents=True, exist_ok=True)
@@ -114,58 +196,25 @@ def evaluate(data, run, output, batch_size=16, embedder_weights=None, limit=None
     metrics = output / "metrics.csv"
     metrics.unlink(missing_ok=True)  # rows are appended batch by batch: none from an earlier run
 
-    rows, skipped = [], images.SkipLog(log)
-    for start in tqdm(range(0, len(files), batch_size), desc="test", unit="batch", leave=False):
-        batch, for_embedder, gray, names = [], [], [], []
-        for path in files[start : start + batch_size]:
-            try:
-                small, seen, is_gray = photo_inputs(images.load_rgb(path, max_side=max(size, resolution)), size,
-                                                    resolution)
-                batch.append(small)
-                for_embedder.append(seen)
-                gray.append(is_gray)
-                names.append((path, out_names[path]))
-            except images.ImageError as err:
-                if len(files) == 1:  # one photo asked for: its problem is the command's error
-                    raise
-                skipped.add(err)
-        if not batch:
-            continue
-        actual = np.stack(batch)
-        lightness, true_ab = color.rgb_uint8_to_network(actual)
-        # Mean chroma of the photo itself: below 1 (of about 128) the photo has no colour to recover.
-        chroma = np.hypot(true_ab[..., 0], true_ab[..., 1]).mean(axis=(1, 2)) * color.AB_SCALE
-        ab = np.asarray(model.predict_on_batch({"L": lightness, "L_embedder": np.stack(for_embedder)}))
-        predicted = color.to_uint8(color.network_to_rgb(lightness, ab))
-        bw = color.to_uint8(color.gray_rgb_from_l(lightness))
-        for i, (path, name) in enumerate(names):
-            for folder, img in zip(OUTPUT_FOLDERS, (predicted[i], bw[i], actual[i])):
-                images.save_png_atomic(img, output / folder / name)
-            psnr, ssim = image_metrics(actual[i], predicted[i])
-            gray_psnr, gray_ssim = image_metrics(actual[i], bw[i])
-            rows.append({
-                "file": images.display_name(path), "output": images.display_name(name),
-                "psnr": psnr, "ssim": ssim, "colorfulness": colorfulness(predicted[i]),
-                "gray_psnr": gray_psnr, "gray_ssim": gray_ssim, "gt_colorfulness": colorfulness(actual[i]),
-                "frame": frame_statistic(predicted[i]), "gt_frame": frame_statistic(actual[i]),
-                "gray_truth": bool(chroma[i] < 1.0 or gray[i]),
-            })
-            if path in in_grid:
-                grid.append({"name": images.display_name(path.name), "bw": bw[i], "predicted": predicted[i],
-                             "actual": actual[i], "psnr": psnr, "gray_psnr": gray_psnr})
-        _append_rows(metrics, rows[-len(names):])
-    skipped.close()
+    def write(items):
+        for item in items:
+            name = out_names[item["path"]]
+            for folder in OUTPUT_FOLDERS:  # predicted/ is colorize's output, mark included: the same bytes
+                images.save_png_atomic(item[folder], output / folder / name,
+                                       text=images.OUTPUT_MARK if folder == "predicted" else None)
+            item["row"]["output"] = images.display_name(name)
+            if item["path"] in in_grid:
+                grid.append({"name": images.display_name(item["path"].name), "bw": item["bw"],
+                             "predicted": item["predicted"], "actual": item["actual"], "psnr": item["row"]["psnr"],
+                             "gray_psnr": item["row"]["gray_psnr"]})
+        _append_rows(metrics, [{"file": i["row"]["file"], "output": i["row"]["output"],
+                                **{k: v for k, v in i["row"].items() if k not in ("file", "output")}} for i in items])
+
+    rows, skipped = score_photos(colorizer, files, saturation, temperature, batch_size, on_batch=write)
     if not rows:
         raise KoalarizationError(f"data {data}: none of the {len(files)} photos could be read")
-
-    # Photos that are gray themselves have no colour to recover, and the gray baseline reproduces them
-    # exactly (infinite PSNR): the means cover the colour photos; metrics.csv lists every photo.
-    scored = [r for r in rows if not r["gray_truth"]] or rows
-    summary = {"n_images": len(scored)}
-    summary.update({k: float(np.nanmean([r[k] for r in scored])) for k in SUMMARY_KEYS[1:]})
-    summary.update(n_gray_truth=len(rows) - len(scored) if scored is not rows else 0, skipped=skipped.count,
-                   # a mean can hide a minority of photos ruined by a wrong cast: how many beat gray at all
-                   n_better_than_gray=int(sum(r["psnr"] > r["gray_psnr"] for r in scored)))
+    summary = summarize(rows, skipped.count)
+    summary.update(saturation=float(saturation), temperature=colorizer.temperature(temperature))
     write_text_atomic(output / "summary.json", json.dumps(summary, indent=2))
     plot_grid(grid, output / "grid.png")  # last: a picture that fails must not cost the numbers
     return summary
@@ -180,7 +229,7 @@ def format_summary(summary: dict, output: str | Path) -> str:
     if summary["skipped"]:
         counts.append(f"{summary['skipped']} file(s) skipped")
     lines = ["; ".join(counts), f"{'':15}{'ours':>8}{'gray baseline':>15}  ours vs gray"]
-    for label, key, digits in (("PSNR (dB)", "psnr", 2), ("SSIM", "ssim", 3)):
+    for label, key, digits in (("PSNR (dB)", "psnr", 2), ("SSIM", "ssim", 3), ("ab accuracy", "auc", 3)):
         ours, gray = summary[key], summary[f"gray_{key}"]
         lines.append(f"{label:15}{ours:>8.{digits}f}{gray:>15.{digits}f}  {_verdict(ours, gray)}"
                      + (f" ({summary['n_better_than_gray']} of {summary['n_images']} photos above gray)"

@@ -21,16 +21,25 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from koalarization.run import TrainedRun
+from koalarization.config import EXPORT_FORMATS, EXPORT_OUT
 from koalarization.errors import KoalarizationError
-from koalarization.io import atomic_path, first_line
+from koalarization.files import atomic_path, first_line
+from koalarization.run import TrainedRun
 
-FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx"}
+FORMATS = dict(zip(EXPORT_FORMATS, ("tf_saved_model", "onnx")))  # our names -> Keras' export formats
+
+
+def default_out(fmt: str) -> Path:
+    """Where `export` writes `fmt` when no out is given (in the working folder)."""
+    if fmt not in FORMATS:
+        raise KoalarizationError(f"format {fmt}: choose one of {', '.join(FORMATS)}")
+    return Path(EXPORT_OUT[fmt])
 
 
 def _check_onnx_tools() -> None:
@@ -39,6 +48,17 @@ def _check_onnx_tools() -> None:
         raise KoalarizationError(
             f"format onnx needs {' and '.join(missing)}: pip install tf2onnx onnx (onnxruntime to run it)"
         )
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _missing(module: str) -> bool:
@@ -59,7 +79,10 @@ def export(run, fmt: str, out: str | Path, embedder_weights: str | None = None) 
         _check_onnx_tools()
     out = Path(out)
     if out.parent and not out.parent.exists():
-        raise KoalarizationError(f"out {out}: folder {out.parent} does not exist")
+        if out.parent == default_out(fmt).parent:  # the default's own folder is created
+            out.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            raise KoalarizationError(f"out {out}: folder {out.parent} does not exist")
     from koalarization.model.embedders import get_spec
 
     model, cfg = TrainedRun.at(run).load(embedder_weights)
@@ -68,7 +91,8 @@ def export(run, fmt: str, out: str | Path, embedder_weights: str | None = None) 
     model({"L": np.zeros((1, size, size, 1), np.float32), "L_embedder": np.zeros((1, resolution, resolution, 1), np.float32)})
     try:
         # Keras prints the whole signature while exporting; the CLI prints one line instead.
-        with atomic_path(out) as tmp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with atomic_path(out) as tmp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), \
+                _quiet_logger("tensorflow"):  # "Assets written to: .export.NNN.tmp/assets" names the temporary folder
             # Keras' tf2onnx shim probes `np.object`, which NumPy 2 answers with a FutureWarning: harmless.
             warnings.filterwarnings("ignore", message=".*np.object.*", category=FutureWarning)
             model.export(str(tmp), format=FORMATS[fmt], verbose=False)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from koalarization.errors import KoalarizationError
-from koalarization.io import atomic_path, cache_dir
+from koalarization.files import atomic_path, cache_dir
 
 log = logging.getLogger(__name__)
 

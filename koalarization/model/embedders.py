@@ -25,7 +25,7 @@ from keras import ops
 
 from koalarization import color
 from koalarization.errors import KoalarizationError
-from koalarization.io import first_line
+from koalarization.files import first_line
 
 RANDOM = "random"
 

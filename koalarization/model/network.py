@@ -4,11 +4,14 @@ Pure builders: they read no files and touch no global state. Every input size wo
 the encoder's downsampling (8); the working size is a fact of training and data, not of the network.
 
     build_colorizer(cfg, D)       the trainable network: L (B, H, W, 1) in [-1, 1] and the embedding (B, D)
-                                  -> ab (B, H, W, 2) in [-1, 1] (tanh); what checkpoints store
+                                  -> ab (B, H, W, 2) in [-1, 1] (tanh; loss "mse"), or logits over the ab
+                                  bins (B, H/2, W/2, Q) (loss "classification": a 1x1 conv instead of the
+                                  2-channel tanh and the last upsampling, distribution.py); what checkpoints store
     build_model(cfg, embedder)    inference: {"L": (B, H, W, 1), "L_embedder": (B, R, R, 1)}, both L scaled
                                   to [-1, 1] (the photo at the working size, and at the embedder's resolution
                                   R, both resized from the full photo) -> ab (B, H, W, 2); the frozen embedder
-                                  runs inside, then the weightless border context and ab gain
+                                  runs inside, then the head's decoding (the annealed mean of the bins,
+                                  upsampled x2), the weightless border context and ab gain
 
 Training does not run the embedder: its outputs are cached once per photo (cache.py) and the training model
 (preprocess.build_training_model) feeds them to the colorizer.
@@ -20,6 +23,8 @@ import keras
 from keras import layers, ops
 
 from koalarization.config import UP, ModelConfig
+from koalarization.errors import KoalarizationError
+from koalarization.model import distribution
 
 
 @keras.saving.register_keras_serializable(package="koalarization")
@@ -85,11 +90,17 @@ def build_encoder(cfg: ModelConfig) -> keras.Model:
 
 
 def build_decoder(cfg: ModelConfig, channels: int) -> keras.Model:
-    """fused grid (B, S/8, S/8, fusion_filters) -> ab (B, S, S, 2) in [-1, 1]."""
+    """fused grid (B, S/8, S/8, fusion_filters) -> ab (B, S, S, 2) in [-1, 1], or the bins' logits
+    (B, S/2, S/2, Q) for the classification head."""
     inputs = keras.Input((None, None, channels), name="fused")
     x = inputs
     for i, spec in enumerate(cfg.decoder):
         x = layers.UpSampling2D(2, name=f"decoder_up{i}")(x) if spec == UP else _hidden_conv(x, cfg, spec, f"decoder_conv{i}")
+    if cfg.loss == "classification":
+        # Zhang et al.: a 1x1 conv to the Q bins at the decoder's resolution; the softmax is in the loss
+        # (log-softmax, exact) and in the decoding (softmax(logits / T), the annealed mean).
+        x = layers.Conv2D(len(distribution.bins()), 1, name="decoder_bins", dtype="float32")(x)
+        return keras.Model(inputs, x, name="decoder")
     # Keras reproduction: Conv 2 tanh, then the last x2 upsampling (docs/reference.md).
     x = _conv(2, "decoder_ab", activation="tanh")(x)
     x = layers.UpSampling2D(2, name="decoder_up_out")(x)
@@ -137,6 +148,11 @@ def build_model(cfg: ModelConfig, embedder: keras.Model) -> keras.Model:
     for_embedder = keras.Input((None, None, 1), name="L_embedder")
     x = MirrorPad(cfg.border_context, name="border_context")(lightness) if cfg.border_context else lightness
     ab = colorizer([x, embedder(for_embedder)])
+    if cfg.loss == "classification":
+        ab = distribution.AnnealedMean(cfg.temperature, name="annealed_mean")(ab)
+        # the last x2 upsampling of the MSE decoder, after the decoding (Keras' bilinear UpSampling2D cannot be
+        # exported at a size unknown until run time)
+        ab = layers.UpSampling2D(2, name="decoder_up_out", dtype="float32")(ab)
     if cfg.border_context:
         ab = layers.Cropping2D(cfg.border_context, name="border_crop")(ab)
     if cfg.ab_gain != 1.0:
@@ -147,3 +163,17 @@ def build_model(cfg: ModelConfig, embedder: keras.Model) -> keras.Model:
 def colorizer_of(model: keras.Model) -> keras.Model:
     """The trainable colorizer inside a full or training model (what checkpoints store)."""
     return model.get_layer("colorizer")
+
+
+def set_temperature(model: keras.Model, temperature: float) -> None:
+    """Decode the classification head of an inference model (build_model's) at `temperature` from now on."""
+    try:
+        layer = model.get_layer("annealed_mean")
+    except ValueError:
+        raise KoalarizationError("temperature: these weights were trained with the MSE loss, which predicts "
+                                 "one colour and has no temperature; use saturation instead") from None
+    layer.set_temperature(temperature)
+
+
+def has_temperature(model: keras.Model) -> bool:
+    return any(layer.name == "annealed_mean" for layer in model.layers)

@@ -9,8 +9,9 @@ with XLA, so a jit-compiled train step could not hold it); the Lab arithmetic is
 
     build_training_model(cfg, D, fill)
         {"rgb": uint8 (B, S, S, 3) unwarped, "affine": float32 (B, 2, 2) batches.random_affine's matrices,
-         "embedding": float32 (B, D), "weight": float32 (B, 1, 1)}  ->  ab (B, S, S, 2)
-        The loss (WeightedABLoss) is added inside the model, so compile with loss=None. The colorizer is
+         "embedding": float32 (B, D), "weight": float32 (B, 1, 1)}  ->  ab (B, S, S, 2), or for the
+        classification head the bins' logits (B, S/2, S/2, Q)
+        The loss (WeightedABLoss, or distribution.BinLoss) is added inside the model, so compile with loss=None. The colorizer is
         network.build_colorizer's, a nested layer named "colorizer": checkpoints are the same as inference's.
 """
 
@@ -22,6 +23,7 @@ from keras import ops
 
 from koalarization import color
 from koalarization.config import ModelConfig
+from koalarization.model import distribution
 from koalarization.model.network import build_colorizer
 
 
@@ -116,14 +118,19 @@ class WeightedABLoss(keras.layers.Layer):
         return predicted_shape
 
 
-def build_training_model(cfg: ModelConfig, embedding_dim: int, size: int, fill: str = "nearest") -> keras.Model:
-    """The colorizer between the in-graph preprocessing and the loss (see the module docstring)."""
+def build_training_model(cfg: ModelConfig, embedding_dim: int, size: int, fill: str = "nearest",
+                         class_weights=None) -> keras.Model:
+    """The colorizer between the in-graph preprocessing and the loss (see the module docstring).
+    class_weights: (Q,) the classification loss's rebalancing (distribution.rebalancing_weights), or None."""
     rgb = keras.Input((size, size, 3), dtype="uint8", name="rgb")
     affine = keras.Input((2, 2), dtype="float32", name="affine")
     embedding = keras.Input((embedding_dim,), dtype="float32", name="embedding")
     weight = keras.Input((1, 1), dtype="float32", name="weight")
     lightness, target = Preprocess(fill, name="preprocess")(rgb, affine)
     ab = build_colorizer(cfg, embedding_dim)([lightness, embedding])
-    ab = WeightedABLoss(name="ab_loss")(ab, target, weight)
+    if cfg.loss == "classification":
+        ab = distribution.BinLoss(class_weights, name="bin_loss")(ab, target, weight)
+    else:
+        ab = WeightedABLoss(name="ab_loss")(ab, target, weight)
     inputs = {"rgb": rgb, "affine": affine, "embedding": embedding, "weight": weight}
     return keras.Model(inputs, ab, name="koalarization_training")

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import keras
 
-from koalarization.io import atomic_path, first_line
-from koalarization.run import all_finite, save_weights_atomic
 from koalarization.errors import KoalarizationError
+from koalarization.files import atomic_path, first_line
+from koalarization.run import all_finite, save_weights_atomic
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from koalarization import color
-from koalarization.io import atomic_path
+from koalarization.files import atomic_path
 from koalarization.plots import plot_curves, plot_validation_curve
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,15 @@ class CurvesPlot(keras.callbacks.Callback):
             plot_curves(self.log_csv, self.out_png)
         except (OSError, ValueError, KeyError) as err:  # a plot must never stop training
             log.warning("could not draw %s: %s", self.out_png, err)
+
+
+class LearningRateLog(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to each epoch's logs (what ReduceLROnPlateau does for a
+    fixed one), so CSVLogger and curves.png show a schedule's decay. Put it before CSVLogger."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
 class ValidationCurve(keras.callbacks.Callback):
@@ -102,6 +111,10 @@ class ValidationImages(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         # predict, not predict_on_batch: under a tf.distribute strategy the latter gives one replica's share
         predicted_ab = np.asarray(self.colorizer.predict([self.lightness, self.embedding], verbose=0))
+        if predicted_ab.shape[-1] != 2:  # the classification head's logits at half size: its default decoding
+            from koalarization.model.distribution import AnnealedMean
+
+            predicted_ab = np.asarray(AnnealedMean()(predicted_ab)).repeat(2, axis=1).repeat(2, axis=2)
         strips = np.concatenate(
             [
                 color.gray_rgb_from_l(self.lightness),

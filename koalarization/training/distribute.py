@@ -29,8 +29,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from koalarization.training.backup import Start
 from koalarization.errors import KoalarizationError
+from koalarization.training.backup import Start
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,8 @@ epochs read it back. Files in the output folder:
     log.csv                loss, val_loss and learning rate per epoch (appended across resumed runs)
     curves.png             the same as a picture, redrawn every epoch
     curve.csv              val_loss against photos seen, every validate_every_steps steps (when set)
+    ab_prior.json          classification head: the ab bins, their prior in the training photos and the
+                           class weights of the loss (distribution.write_prior)
     logs/                  TensorBoard events: scalars, and colorized validation photos every epoch
     backup/                backup.py's state while a run is unfinished: rerunning resumes from it, mid-epoch
 
@@ -29,27 +31,18 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from koalarization import color
-
-from koalarization.training import backup
-
-from koalarization.data import cache
-
-from koalarization import run
-
-from koalarization.training import distribute
-
-from koalarization.data import images
-
-from koalarization.data import sources
-from koalarization.training.callbacks import CurvesPlot, ValidationCurve, ValidationImages
+from koalarization import color, run
 from koalarization.config import OPTIMIZERS, PRECISIONS, RunConfig
-from koalarization.data.split import SPLIT_FILE, Split, make_split
+from koalarization.data import cache, images, sources
 from koalarization.data.batches import BatchSource, EpochSetter
+from koalarization.data.split import SPLIT_FILE, Split, make_split
 from koalarization.errors import KoalarizationError
-from koalarization.io import write_text_atomic
+from koalarization.files import write_text_atomic
+from koalarization.model import distribution
 from koalarization.model.network import colorizer_of
 from koalarization.model.preprocess import build_training_model
+from koalarization.training import backup, distribute
+from koalarization.training.callbacks import CurvesPlot, LearningRateLog, ValidationCurve, ValidationImages
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +143,10 @@ def build_callbacks(cfg, output, colorizer, batch_sources, val_batch, extra=(), 
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=t.early_stopping_patience, min_delta=t.early_stopping_min_delta
     )
+    # A cosine schedule sets the learning rate by step itself; ReduceLROnPlateau cannot change it.
     reduce_lr = keras.callbacks.ReduceLROnPlateau(
         monitor="val_loss", factor=t.reduce_lr_factor, patience=t.reduce_lr_patience, min_lr=t.min_learning_rate
-    )
+    ) if t.lr_schedule == "plateau" else LearningRateLog()
     callbacks = [
         EpochSetter(*batch_sources),
         best,
@@ -178,7 +172,17 @@ def build_callbacks(cfg, output, colorizer, batch_sources, val_batch, extra=(), 
     return callbacks + list(extra)
 
 
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+def learning_rate(cfg: RunConfig, steps_per_epoch: int):
+    """The optimizer's learning rate: a number (ReduceLROnPlateau lowers it on plateaus), or for the cosine
+    schedule a function of the optimizer's step (restored by backups, so a resumed run continues on it)."""
+    t = cfg.train
+    if t.lr_schedule == "plateau":
+        return t.learning_rate
+    steps = max(1, t.epochs * steps_per_epoch)
+    return keras.optimizers.schedules.CosineDecay(t.learning_rate, steps, alpha=min(1.0, t.min_learning_rate / t.learning_rate))
+
+
+def make_optimizer(name: str, learning_rate) -> keras.optimizers.Optimizer:
     """config.OPTIMIZERS by name, with Keras' defaults otherwise."""
     optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
     if name not in optimizers:
@@ -211,16 +215,26 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
     for partial in [*output.glob(".*.tmp*"), *(output / BACKUP_DIR).glob(".*.tmp*")]:
         partial.unlink()  # io.atomic_path's file of a killed run: never renamed, never read
     resuming = _check_resumable(cfg, output)
+    source = run.TrainedRun.named(t.init_from) if t.init_from and not resuming else None
+    if source is not None and not source.weights.is_file():  # before hours of caching
+        raise KoalarizationError(f"init_from {source.weights}: file not found")
     store = photo_cache(cfg, progress=verbose != 0)
     split, skipped = _split_for(cfg, output, store)
     write_text_atomic(output / run.CONFIG_FILE, cfg.to_json())
     log.info("photos: %d train, %d val, %d test", len(split.train), len(split.val), len(split.test))
 
+    class_weights = class_weights_for(cfg, output, store, split) if cfg.model.loss == "classification" else None
     keras.utils.set_random_seed(t.seed)
+    steps_per_epoch = math.ceil(len(split.train) / t.batch_size)
     with place.scope(), precision_policy(t.precision):
-        model = build_training_model(cfg.model, store.embedding_dim, t.image_size, t.augment.fill)
-        model.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate), loss=None, jit_compile=t.jit_compile)
+        model = build_training_model(cfg.model, store.embedding_dim, t.image_size, t.augment.fill, class_weights)
+        model.compile(optimizer=make_optimizer(t.optimizer, learning_rate(cfg, steps_per_epoch)), loss=None,
+                      jit_compile=t.jit_compile)
         model.optimizer.build(model.trainable_variables)  # backups hold the optimizer's variables too
+    if source is not None:  # a resumed run has its own weights in its backup
+        copied, left = run.load_matching(colorizer_of(model), source)
+        log.info("init_from %s: %d layers copied%s", t.init_from, len(copied),
+                 f", {len(left)} left as initialised ({', '.join(left)})" if left else "")
 
     # Weights, optimizer (learning rate included), position and callback state; every worker takes the chief's.
     start = backup.restore(model, output / BACKUP_DIR) if resuming else backup.Start()
@@ -272,6 +286,26 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
     # NaN and divergence were raised above, so a stop is EarlyStopping's
     return TrainResult(history, Path(t.output), len(losses), skipped, best_epoch, best_loss,
                        stopped_early=bool(model.stop_training))
+
+
+PRIOR_PHOTOS = 20_000  # training photos the ab prior is counted on: 82 M pixels at 64 px, for 261 bins
+
+
+def class_weights_for(cfg: RunConfig, output: Path, store: cache.Cache, split: Split) -> np.ndarray:
+    """The classification loss's class weights: the run's ab_prior.json when it has one (a resumed run),
+    else counted now on up to PRIOR_PHOTOS of its training photos (a seeded sample) and written there."""
+    path = output / distribution.PRIOR_FILE
+    if path.is_file():
+        body = distribution.read_prior(path)
+        if body["rebalance"] == cfg.train.rebalance:
+            return np.asarray(body["class_weights"], np.float32)
+    rng = np.random.default_rng(cfg.train.seed)
+    chosen = [split.train[i] for i in sorted(rng.permutation(len(split.train))[:PRIOR_PHOTOS])]
+    rows = [store.row_of(p) for p in chosen]
+    batches = (np.stack([store.photo(r) for r in rows[i : i + 1024]]) for i in range(0, len(rows), 1024))
+    body = distribution.write_prior(path, distribution.ab_histogram(batches), len(rows), cfg.train.rebalance)
+    log.info(distribution.prior_summary(body))
+    return np.asarray(body["class_weights"], np.float32)
 
 
 def best_in_log(log_csv: Path) -> tuple[int | None, float | None]:

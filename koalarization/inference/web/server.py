@@ -1,24 +1,30 @@
 """The web service: a page that colorizes photos in the browser, and the API behind it (FastAPI).
 
     POST /api/colorize   the photo as multipart/form-data field `image` (or as the raw request body);
-                         saturation (0-4, default 1), model (index, default 0), format (png | jpeg) as
+                         saturation (0-4, default 1), temperature (above 0, at most 10; the classification
+                         head's dial, default the model's), model (index, default 0), format (png | jpeg) as
                          query parameters or form fields  ->  the colorized photo at its full resolution
     GET  /api/health     JSON: the loaded models (index, label) and the upload limits
     GET  /               the page (static/index.html); OpenAPI docs at /docs, served from here (no CDN)
 
 Each model is loaded once and shared by all requests (`Colorizer` serialises the network call). Uploads stay
 in memory: the body is read with a byte limit (a larger Content-Length is refused before reading anything),
-the image header is checked against a pixel limit before decoding, and nothing is written to disk. At most
-`max_running` photos are colorized at once and `max_waiting` more are admitted; past that a request is
-answered 503 with Retry-After before its body is read, so memory stays bounded whatever clients send.
+the image header is checked against a pixel limit before decoding, and nothing is written to disk. Bodies
+are read first, before a work slot is taken, at most `max_uploading` at once, each within a deadline: after
+UPLOAD_GRACE_S seconds it must keep arriving at MIN_UPLOAD_RATE bytes/s on average, or the answer is 408 (a
+client that trickles its upload a byte at a time holds no work slot, and only for seconds). Then at most
+`max_running` photos are colorized at once and `max_waiting` more wait; past either bound a request is
+answered 503 with Retry-After at once, so memory stays bounded whatever clients send. uvicorn caps the
+connections (MAX_CONNECTIONS; 503 past it).
 
 Every error is JSON {"detail": "one line for people"} (the Error schema): 400 malformed multipart or an
-abandoned upload, 413 body or pixels over the limit (decompression bombs included), 415 not an image,
-422 a broken image or a bad parameter, 503 busy.
+abandoned upload, 408 an upload too slow, 413 body or pixels over the limit (decompression bombs included),
+415 not an image, 422 a broken image or a bad parameter, 503 busy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import re
@@ -40,9 +46,11 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from koalarization.config import MAX_SATURATION, MAX_TEMPERATURE
 from koalarization.data import images
-from koalarization.run import TrainedRun
+from koalarization.errors import KoalarizationError
 from koalarization.inference.colorize import Colorizer
+from koalarization.run import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +67,16 @@ MAX_RUNNING = 2  # photos colorized at once; more would only queue for the same 
 # eight people can use it at once; a ninth request is answered 503 at once rather than queued without end.
 MAX_WAITING = 6
 RETRY_AFTER_S = 5  # a 12 MP photo takes ~2 s on 2 cores: by then a slot is usually free
+MAX_UPLOADING = 16  # bodies being received at once (each at most MAX_UPLOAD_BYTES)
+# An upload may take UPLOAD_GRACE_S to start, then must average MIN_UPLOAD_RATE: a 32 MB photo over a
+# 256 kbit/s uplink passes (at 32 kB/s it takes 17 minutes); one byte a second is cut off after 5 s.
+UPLOAD_GRACE_S = 5.0
+MIN_UPLOAD_RATE = 32 * 1024
+MAX_CONNECTIONS = 64  # uvicorn's limit_concurrency: open connections and tasks
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 Format = Literal["png", "jpeg"]
 FORMATS = "JPEG, PNG, WebP, TIFF or BMP"
+FRAME_HEADER = "X-Koalarization-Frame"  # "frame 1 of N" on the answer for an animated or multi-page upload
 
 
 class Error(BaseModel):
@@ -75,6 +90,9 @@ class ModelInfo(BaseModel):
     label: str = Field(description="'shipped' for the weights that ship with koalarization, else the run's folder")
     embedder: str
     image_size: int = Field(description="the network's working size S (the photo is squashed to S x S)")
+    loss: Literal["mse", "classification"] = Field(description="mse: one colour per pixel; classification: a "
+                                                               "distribution over colours, decoded at `temperature`")
+    temperature: float | None = Field(description="the classification head's default temperature; null for mse")
 
 
 class Health(BaseModel):
@@ -82,6 +100,7 @@ class Health(BaseModel):
     models: list[ModelInfo]
     max_upload_bytes: int
     max_pixels: int
+    max_saturation: float = Field(description="the largest `saturation` (the page's slider ends there)")
     formats: list[str]
 
 
@@ -135,8 +154,12 @@ class _InMemoryParser(MultiPartParser):
     spool_max_size = 1 << 62
 
 
-async def read_body(request: Request, limit: int, photo_limit: int | None = None) -> bytes:
-    """The request body, or 413 as soon as it is known to be larger than `limit` bytes.
+async def read_body(request: Request, limit: int, photo_limit: int | None = None,
+                    grace: float = UPLOAD_GRACE_S, min_rate: float = MIN_UPLOAD_RATE) -> bytes:
+    """The request body, or 413 as soon as it is known to be larger than `limit` bytes, or 408 when it comes
+    too slowly: by `grace` + n / `min_rate` seconds after the start, more than the n bytes received so far
+    must have come (a deadline on every wait for the next piece, so a client that sends nothing is cut
+    off too).
 
     photo_limit: the limit to name in the message (the photo's, when `limit` adds room for form fields).
     """
@@ -145,8 +168,21 @@ async def read_body(request: Request, limit: int, photo_limit: int | None = None
     if declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"upload of {_over_limit(int(declared), named)}")
     body = bytearray()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    chunks = request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while True:
+            deadline = started + grace + len(body) / min_rate
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), max(0.0, deadline - loop.time()))
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                log.warning("upload too slow: %s in %.0f s; answered 408", megabytes(len(body)), loop.time() - started)
+                raise HTTPException(408, f"upload too slow ({megabytes(len(body))} in {loop.time() - started:.0f} s): "
+                                         f"this server needs at least {megabytes(int(min_rate))}/s after the first "
+                                         f"{grace:g} s") from None
             body += chunk
             if len(body) > limit:  # a chunked body has no Content-Length: stop reading right here
                 raise HTTPException(413, f"upload is over this server's limit of {megabytes(named)}")
@@ -182,14 +218,16 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str, dic
     return data, name, fields
 
 
-def decode(data: bytes, name: str, max_pixels: int):
-    """Image bytes -> uint8 RGB (H, W, 3), upright; the header is checked before any pixel is decoded."""
+def decode_upload(data: bytes, name: str, max_pixels: int):
+    """Image bytes -> (uint8 RGB (H, W, 3), upright; images.frame_note: "frame 1 of N" for a file of several
+    frames, else None); the header is checked before any pixel is decoded."""
     limit = f"this server accepts at most {pixel_count(max_pixels)} pixels"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as probe:
                 width, height = probe.size
+                note = images.frame_note(probe)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise HTTPException(413, f"{name}: too many pixels (decompression bomb?); {limit}") from None
     except UnidentifiedImageError:
@@ -199,7 +237,7 @@ def decode(data: bytes, name: str, max_pixels: int):
     if width * height > max_pixels:
         raise HTTPException(413, f"{name}: {width}x{height} is {pixel_count(width * height)} pixels; {limit}")
     try:
-        return images.load_rgb_bytes(data, name)
+        return images.load_rgb_bytes(data, name), note
     except images.ImageError as err:
         raise HTTPException(422, str(err)) from None
 
@@ -228,15 +266,17 @@ def _error_responses(codes: dict[int, str]) -> dict:
 
 def create_app(runs: list, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
                embedder_weights: str | None = None, max_running: int = MAX_RUNNING,
-               max_waiting: int = MAX_WAITING) -> FastAPI:
+               max_waiting: int = MAX_WAITING, max_uploading: int = MAX_UPLOADING) -> FastAPI:
     """The app with one Colorizer per run (TrainedRun or weights file; one or two, compared side by side).
 
-    max_running: photos colorized at once; max_waiting: further requests admitted to wait for them.
+    max_running: photos colorized at once; max_waiting: further requests admitted to wait for them;
+    max_uploading: bodies received at once, before either.
     """
     colorizers = [Colorizer(r, embedder_weights=embedder_weights) for r in runs]
     labels = model_labels([c.run for c in colorizers])
     # Requests reading their upload, waiting or running; a waiting one holds a worker thread (anyio has 40).
     admitted = threading.BoundedSemaphore(max_running + max_waiting)
+    uploading = threading.BoundedSemaphore(max_uploading)
     busy = threading.BoundedSemaphore(max_running)
     app = FastAPI(title="Koalarization", summary="Colorize photos at their full resolution.",
                   docs_url=None, redoc_url=None)
@@ -266,26 +306,38 @@ def create_app(runs: list, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels:
     async def health() -> Health:
         # async: answered on the event loop even while every worker thread is busy with photos.
         return Health(status="ok", max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                      max_saturation=MAX_SATURATION,
                       formats=list(MEDIA_TYPES),
                       models=[ModelInfo(index=i, label=labels[i], embedder=c.config.model.embedder,
-                                        image_size=c.size) for i, c in enumerate(colorizers)])
+                                        image_size=c.size, loss=c.config.model.loss, temperature=c.temperature())
+                              for i, c in enumerate(colorizers)])
 
     last = len(colorizers) - 1
     # The form fields obey the same bounds as the query parameters (a field overrides its parameter).
-    form_types = {"saturation": TypeAdapter(Annotated[float, Field(ge=0.0, le=4.0)]),
+    form_types = {"saturation": TypeAdapter(Annotated[float, Field(ge=0.0, le=MAX_SATURATION)]),
+                  "temperature": TypeAdapter(Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE)]),
                   "model": TypeAdapter(Annotated[int, Field(ge=0, le=last)]), "format": TypeAdapter(Format)}
     models = ", ".join(f"{i} = {label}" for i, label in enumerate(labels))
     limits = (f"The photo: {FORMATS}, at most {megabytes(max_upload_bytes)} and {pixel_count(max_pixels)} "
               f"pixels. Send it as the multipart/form-data file field `image` (form fields `saturation`, "
-              f"`model` and `format` override the query parameters of the same names) or as the raw request "
-              f"body. Models: {models}. At most {max_running} photos are colorized at once and "
-              f"{max_waiting} more wait; past that the answer is 503 with Retry-After.")
+              f"`temperature`, `model` and `format` override the query parameters of the same names) or as the "
+              f"raw request "
+              f"body. Models: {models}. Uploads slower than {megabytes(MIN_UPLOAD_RATE)}/s after the first "
+              f"{UPLOAD_GRACE_S:g} s are answered 408. At most {max_uploading} uploads are received, "
+              f"{max_running} photos colorized and {max_waiting} more wait at once; past that the answer is 503 "
+              f"with Retry-After.")
 
     @app.post("/api/colorize", response_class=Response, openapi_extra=_upload_doc(last), description=limits,
               responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()},
-                               "description": "the colorized photo, same size as the upload"},
+                               "description": "the colorized photo, same size as the upload (its first frame "
+                                              f"for an animated or multi-page file, said in {FRAME_HEADER})",
+                               "headers": {FRAME_HEADER: {"description": "'frame 1 of N': the upload held N "
+                                                                         "frames and the first was colorized",
+                                                          "schema": {"type": "string"}}}},
                          **_error_responses({
                              400: "malformed multipart upload, or the client disconnected mid-upload",
+                             408: f"upload too slow: under {megabytes(MIN_UPLOAD_RATE)}/s after the first "
+                                  f"{UPLOAD_GRACE_S:g} s",
                              413: f"upload over {megabytes(max_upload_bytes)} or photo over "
                                   f"{pixel_count(max_pixels)} pixels (decompression bombs included)",
                              415: f"not an image ({FORMATS})",
@@ -293,38 +345,56 @@ def create_app(runs: list, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels:
                              503: "busy: too many photos in flight; send again after Retry-After seconds"})})
     async def colorize(
         request: Request,
-        saturation: float = Query(1.0, ge=0.0, le=4.0, description="0 gray, 1 as predicted"),
+        saturation: float = Query(1.0, ge=0.0, le=MAX_SATURATION, description="0 gray, 1 as predicted"),
+        temperature: float | None = Query(None, gt=0.0, le=MAX_TEMPERATURE,
+                                          description="models with loss 'classification' only: 1 = the mean "
+                                                      "colour (pale), smaller = more vivid; default the model's"),
         model: int = Query(0, ge=0, le=last, description=f"index of the model: {models}"),
         format: Format = Query("png"),  # noqa: A002 - the API's name
     ):
+        # The body first, at most max_uploading at once and within read_body's deadline: a slow client holds
+        # an upload place for seconds, never a work slot.
+        if not uploading.acquire(blocking=False):
+            raise HTTPException(503, f"busy: {max_uploading} uploads are being received; send again in "
+                                     f"{RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            data, name, fields = await read_upload(request, max_upload_bytes)
+        finally:
+            uploading.release()
+        options = {"saturation": saturation, "temperature": temperature, "model": model, "format": format}
+        for key in [key for key in options if key in fields]:  # a form field overrides the query parameter
+            try:
+                options[key] = form_types[key].validate_python(fields[key])
+            except ValidationError as err:
+                raise HTTPException(422, _one_line(err.errors(), key)) from None
+        chosen = colorizers[options["model"]]
+        try:
+            chosen.temperature(options["temperature"])  # MSE weights have none: 422 before any work
+        except KoalarizationError as err:
+            raise HTTPException(422, f"model {options['model']} ({labels[options['model']]}): {err}") from None
+
+        def work() -> tuple[bytes, str | None]:
+            with busy:  # bounds memory: each photo in flight needs ~25 bytes per pixel
+                rgb, note = decode_upload(data, name, max_pixels)
+                return encode(chosen.colorize(rgb, options["saturation"], options["temperature"]),
+                              options["format"]), note
+
         if not admitted.acquire(blocking=False):
             raise HTTPException(503, f"busy: {max_running} photos are being colorized and {max_waiting} more "
                                      f"are waiting; send again in {RETRY_AFTER_S} s",
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         try:
-            data, name, fields = await read_upload(request, max_upload_bytes)
-            options = {"saturation": saturation, "model": model, "format": format}
-            for key in [key for key in options if key in fields]:  # a form field overrides the query parameter
-                try:
-                    options[key] = form_types[key].validate_python(fields[key])
-                except ValidationError as err:
-                    raise HTTPException(422, _one_line(err.errors(), key)) from None
-
-            def work() -> bytes:
-                with busy:  # bounds memory: each photo in flight needs ~25 bytes per pixel
-                    rgb = decode(data, name, max_pixels)
-                    return encode(colorizers[options["model"]].colorize(rgb, options["saturation"]),
-                                  options["format"])
-
-            body = await run_in_threadpool(work)
+            body, note = await run_in_threadpool(work)
         finally:
             admitted.release()
         stem = _file_name(Path(name).stem)[:80] or "photo"
         # Two models' results of one photo must not get the same file name.
         label = "-" + _file_name(labels[options["model"]]) if len(colorizers) > 1 else ""
         extension = "jpg" if options["format"] == "jpeg" else "png"
-        return Response(body, media_type=MEDIA_TYPES[options["format"]],
-                        headers={"Content-Disposition": f'inline; filename="{stem}-colorized{label}.{extension}"'})
+        headers = {"Content-Disposition": f'inline; filename="{stem}-colorized{label}.{extension}"'}
+        if note:  # an animated or multi-page file: say which frame the answer is
+            headers[FRAME_HEADER] = note
+        return Response(body, media_type=MEDIA_TYPES[options["format"]], headers=headers)
 
     return app
 
@@ -336,7 +406,8 @@ def _upload_doc(last_model: int) -> dict:
                                            # other fields are ignored, up to MAX_FORM_FIELDS parts in all
                                            "additionalProperties": False, "properties": {
             "image": {"type": "string", "format": "binary", "description": FORMATS},
-            "saturation": {"type": "number", "minimum": 0, "maximum": 4},
+            "saturation": {"type": "number", "minimum": 0, "maximum": MAX_SATURATION},
+            "temperature": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TEMPERATURE},
             "model": {"type": "integer", "minimum": 0, "maximum": last_model},
             "format": {"type": "string", "enum": list(MEDIA_TYPES)},
         }}},
@@ -356,4 +427,5 @@ def serve(runs: list, host: str = "127.0.0.1", port: int = 8000, **app_options) 
     # the SIGTERM it caught once it has shut down gracefully. TensorFlow deletes its autograph modules
     # (__autograph_generated_file*.py in TMPDIR) in an atexit handler: leaving through SystemExit runs it.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    uvicorn.run(create_app(runs, **app_options), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(runs, **app_options), host=host, port=port, log_level="info",
+                limit_concurrency=MAX_CONNECTIONS)

@@ -40,6 +40,7 @@ async function init() {
     setStatus(`The server does not answer (${err}).`);
     return;
   }
+  els.saturation.max = String(health.max_saturation);  // the API's own bound
   els.limits.textContent = `JPEG, PNG, WebP, TIFF or BMP; up to ${megabytes(health.max_upload_bytes)} and ` +
     `${millions(health.max_pixels)} pixels per photo`;
   els.saturation.disabled = false;
