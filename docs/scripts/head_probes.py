@@ -203,15 +203,23 @@ def plot_frontier(results: list[dict], out_png: Path) -> None:
 
     fig = Figure(figsize=(6.4, 4.2), dpi=100, layout="constrained")
     ax = fig.subplots()
-    for name in dict.fromkeys(r["run"] for r in results):
+    # One colour per run; its saturation (or temperature) dial solid, its ab_gain dial dashed, each sorted
+    # by colourfulness. The gain line starts at gain 1, which is saturation 1.
+    for index, name in enumerate(dict.fromkeys(r["run"] for r in results)):
         points = [r for r in results if r["run"] == name]
-        x = [100 * r["colourfulness_share"] for r in points]
-        y = [r["psnr_minus_gray"] for r in points]
-        ax.plot(x, y, "-o", label=name)
-        for r, xi, yi in zip(points, x, y):
-            dial = (f"T {r['temperature']}" if r["temperature"] is not None else f"gain {r['ab_gain']:g}"
-                    if r.get("ab_gain", 1.0) != 1.0 else f"×{r['saturation']:g}")
-            ax.annotate(dial, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        gains = [r for r in points if r.get("ab_gain", 1.0) != 1.0]
+        dials = [[r for r in points if r not in gains]]
+        if gains:
+            dials.append([r for r in dials[0] if r["saturation"] == 1.0] + gains)
+        for style, dial_points in zip(("-o", "--s"), dials):
+            dial_points = sorted(dial_points, key=lambda r: r["colourfulness_share"])
+            x = [100 * r["colourfulness_share"] for r in dial_points]
+            y = [r["psnr_minus_gray"] for r in dial_points]
+            ax.plot(x, y, style, color=f"C{index}", label=name if style == "-o" else None)
+            for r, xi, yi in zip(dial_points, x, y):
+                dial = (f"T {r['temperature']}" if r["temperature"] is not None else f"gain {r['ab_gain']:g}"
+                        if r.get("ab_gain", 1.0) != 1.0 else f"×{r['saturation']:g}")
+                ax.annotate(dial, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.axhline(0.0, color="gray", linestyle="--", linewidth=1)
     ax.set(xlabel="colourfulness, % of the photos' own", ylabel="PSNR − gray baseline (dB)",
            title="validation photos at full resolution")
