@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from koalarization import color
 from koalarization.cli import build_parser, main, run_config_from_args
 from koalarization.inference.evaluate import ab_accuracy_auc, colorfulness
 from koalarization.model import distribution
@@ -99,9 +100,10 @@ def test_test_scores_and_writes_exactly_what_colorize_writes(classification_run,
 
 def test_ab_accuracy_is_one_for_the_photo_itself_and_lower_for_gray():
     photo = synthetic_photo(3)
-    assert ab_accuracy_auc(photo, photo) == pytest.approx(1.0)
+    true_ab = color.rgb_uint8_to_network(photo)[1]
+    assert ab_accuracy_auc(true_ab, photo) == pytest.approx(1.0)
     gray = np.repeat(photo.mean(-1, keepdims=True).astype(np.uint8), 3, -1)
-    assert ab_accuracy_auc(photo, gray) < 0.9
+    assert ab_accuracy_auc(true_ab, gray) < 0.9
 
 
 def test_init_from_copies_the_trunk_and_a_resumed_classification_run_continues(photo_dir, tmp_path, caplog):

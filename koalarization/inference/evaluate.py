@@ -68,10 +68,10 @@ def frame_statistic(rgb_uint8: np.ndarray) -> float:
     return float(change[band].mean() / inside) if inside > 0 else float("nan")
 
 
-def ab_accuracy_auc(actual: np.ndarray, predicted: np.ndarray) -> float:
-    """Zhang et al.'s raw accuracy of uint8 RGB `predicted` against `actual` (same size): the share of pixels
-    whose ab is within t of the photo's, averaged over t = 0..ACCURACY_THRESHOLDS (1 = every pixel exact)."""
-    true_ab = color.rgb_uint8_to_network(actual)[1]
+def ab_accuracy_auc(true_ab: np.ndarray, predicted: np.ndarray) -> float:
+    """Zhang et al.'s raw accuracy of uint8 RGB `predicted` (H, W, 3) against the photo's ab (H, W, 2) in
+    [-1, 1] (color.rgb_uint8_to_network's, computed once per photo by the caller): the share of pixels whose
+    ab is within t of the photo's, averaged over t = 0..ACCURACY_THRESHOLDS (1 = every pixel exact)."""
     ours_ab = color.rgb_uint8_to_network(predicted)[1]
     distance = np.hypot(*np.moveaxis(ours_ab - true_ab, -1, 0)).ravel() * color.AB_SCALE
     thresholds = np.arange(ACCURACY_THRESHOLDS + 1)
@@ -144,6 +144,7 @@ def score_photos(colorizer, files, saturation=1.0, temperature=None, batch_size=
         items = []
         for (path, actual), ours in zip(loaded, predicted):
             bw = gray_from_lightness(actual)
+            true_ab = color.rgb_uint8_to_network(actual)[1]  # full resolution: once for both accuracies
             psnr, ssim = image_metrics(actual, ours)
             gray_psnr, gray_ssim = image_metrics(actual, bw)
             # Mean chroma of the photo: below 1 (of about 128) it has no colour to recover.
@@ -152,8 +153,8 @@ def score_photos(colorizer, files, saturation=1.0, temperature=None, batch_size=
             row = {"file": images.display_name(path), "psnr": psnr, "ssim": ssim,
                    "colorfulness": colorfulness(ours), "gray_psnr": gray_psnr, "gray_ssim": gray_ssim,
                    "gt_colorfulness": colorfulness(actual), "frame": frame_statistic(ours),
-                   "gt_frame": frame_statistic(actual), "auc": ab_accuracy_auc(actual, ours),
-                   "gray_auc": ab_accuracy_auc(actual, bw),
+                   "gt_frame": frame_statistic(actual), "auc": ab_accuracy_auc(true_ab, ours),
+                   "gray_auc": ab_accuracy_auc(true_ab, bw),
                    "gray_truth": bool(chroma < 1.0 or color.is_gray(actual))}
             rows.append(row)
             items.append({"path": path, "actual": actual, "predicted": ours, "bw": bw, "row": row})
