@@ -255,6 +255,14 @@ def test_keras_workaround_matches_the_installed_keras():
     )
 
 
+def test_a_changed_keras_internal_is_a_one_line_error(monkeypatch):
+    """The patch refuses to touch Keras functions whose source differs from the checked one."""
+    monkeypatch.setitem(distribute.KERAS_SOURCES, "reduce_per_replica", "0" * 16)
+    with pytest.raises(KoalarizationError, match=r"reduce_per_replica changed since .* issue 20585") as err:
+        distribute.keras_needs_workaround()
+    assert "\n" not in str(err.value) and "_maybe_symbolic_build" not in str(err.value)
+
+
 # ------------------------------------------------------------------------------ MirroredStrategy, 2 CPUs
 def test_mirrored_on_two_logical_cpus_matches_one_device(tmp_path):
     """Same seed, same global batch of 2 (one photo per replica): same losses and weights as one device."""

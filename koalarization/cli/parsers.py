@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
 
     p = sub.add_parser("export", help="export a trained model as a TensorFlow SavedModel or ONNX", parents=model_parents,
-                       description="Export the inference model (L and the embedder's L -> ab) for serving elsewhere.")
+                       description="Export the whole of colorize for serving elsewhere: input 'image', uint8 RGB "
+                                   "(B, H, W, 3) at any size; output the colorized photo, uint8 RGB (B, H, W, 3).")
     p.add_argument("--format", default="savedmodel", choices=EXPORT_FORMATS,
                    help="savedmodel: a TensorFlow SavedModel folder; onnx: one .onnx file (pip install -e "
                         "\".[onnx]\") (default: savedmodel)")

@@ -285,6 +285,11 @@ def resize_rgb(rgb: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return resize_rgb_each(rgb, [size])[0]
 
 
+# Pillow shrinks by more than this many times in two steps (a box reduction, then bilinear): as good as one
+# bilinear pass to the eye and ~3x faster on a 12 MP photo. inference/resize.py repeats it in the graph.
+REDUCING_GAP = 3.0
+
+
 def resize_rgb_each(rgb: np.ndarray, sizes: list[int | tuple[int, int]]) -> list[np.ndarray]:
     """resize_rgb to each of `sizes`, handing the photo to Pillow once: for a 12 MP photo the hand-over (a
     fresh 48 MB Pillow image, filled and copied into) takes ~60 ms, more than a resize."""
@@ -295,7 +300,7 @@ def resize_rgb_each(rgb: np.ndarray, sizes: list[int | tuple[int, int]]) -> list
             resized.append(rgb)
             continue
         image = Image.fromarray(rgb) if image is None else image
-        resized.append(np.asarray(image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)))
+        resized.append(np.asarray(image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP)))
     return resized
 
 

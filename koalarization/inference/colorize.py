@@ -93,47 +93,61 @@ def backend_jit(fn):
     return fn
 
 
-@functools.cache
-def _kernels():
-    """Two compiled pixel kernels in keras.ops, both rgb uint8 (PIXEL_CHUNK, 3), a and b (PIXEL_CHUNK,) float32 in Lab
-    units -> (r, g, b) uint8 (PIXEL_CHUNK,) each, with the photo's L:
-        join: (a, b) as given, and a fourth output, whether every pixel fitted in the sRGB gamut;
-        fit: (a, b) reduced where the gamut needs it (bisection), for the chunks where join says not.
-    Planar outputs, not one (PIXEL_CHUNK, 3) array: XLA would compute a stacked output one channel at a time,
-    repeating the shared work (measured 2-4x slower)."""
+def _linear_rgb(fy, a, b, k=1.0):
+    """-> (linear (r, g, b), inside): inside is False where the colour (L, k a, k b) is outside sRGB."""
     from keras import ops
 
-    def linear_rgb(fy, a, b, k=1.0):
-        """-> (linear (r, g, b), inside): inside is False where the colour (L, k a, k b) is outside sRGB."""
-        linear = color.linear_from_lab_f(fy, a * k, b * k, xp=ops)
-        return linear, functools.reduce(ops.logical_and, [(c > 0.0) & (c < 1.0) for c in linear])
+    linear = color.linear_from_lab_f(fy, a * k, b * k, xp=ops)
+    return linear, functools.reduce(ops.logical_and, [(c > 0.0) & (c < 1.0) for c in linear])
 
-    def to_uint8(linear, neutral):
-        out = [color.srgb255_from_linear(c, xp=ops) for c in linear]
-        # A neutral colour must come out exactly gray: copy G rather than trust three rounded sums.
-        return tuple(ops.cast(ops.where(neutral, out[1], c), "uint8") for c in out)
 
-    def lightness_f(rgb_uint8):
-        return color.lab_f_of_luminance(ops.cast(rgb_uint8, "int32"), xp=ops)  # the photo's L is 116 f - 16
+def _to_uint8(linear, neutral):
+    from keras import ops
 
-    def join(rgb_uint8, a, b):
-        linear, inside = linear_rgb(lightness_f(rgb_uint8), a, b)
-        neutral = (a == 0.0) & (b == 0.0)
-        return (*to_uint8(linear, neutral), ops.all(inside | neutral))
+    out = [color.srgb255_from_linear(c, xp=ops) for c in linear]
+    # A neutral colour must come out exactly gray: copy G rather than trust three rounded sums.
+    return tuple(ops.cast(ops.where(neutral, out[1], c), "uint8") for c in out)
 
-    def fit(rgb_uint8, a, b):
-        """Chroma factor k: 1 where (L, a, b) fits, else the largest k in [0, 1) that fits, to within
-        1/2**FIT_STEPS (k = 0 always fits, except at pure black and white, where k = 0 is right too)."""
-        fy = lightness_f(rgb_uint8)
-        low, high = ops.zeros_like(fy), ops.ones_like(fy)
-        for _ in range(FIT_STEPS):  # unrolled: the test is a few multiplications, and XLA fuses the steps
-            mid = (low + high) / 2.0
-            inside = linear_rgb(fy, a, b, mid)[1]
-            low, high = ops.where(inside, mid, low), ops.where(inside, high, mid)
-        k = ops.where(linear_rgb(fy, a, b)[1], 1.0, low)
-        return to_uint8(linear_rgb(fy, a, b, k)[0], (a == 0.0) & (b == 0.0))
 
-    return backend_jit(join), backend_jit(fit)
+def _lightness_f(rgb_uint8):
+    from keras import ops
+
+    return color.lab_f_of_luminance(ops.cast(rgb_uint8, "int32"), xp=ops)  # the photo's L is 116 f - 16
+
+
+def join_colours(rgb_uint8, a, b):
+    """keras.ops: the photo's pixels rgb uint8 (..., 3), a and b (...) float32 in Lab units -> (r, g, b) uint8
+    (...) each with the photo's L and (a, b) as given, and whether every pixel fitted in the sRGB gamut."""
+    from keras import ops
+
+    linear, inside = _linear_rgb(_lightness_f(rgb_uint8), a, b)
+    neutral = (a == 0.0) & (b == 0.0)
+    return (*_to_uint8(linear, neutral), ops.all(inside | neutral))
+
+
+def fit_colours(rgb_uint8, a, b):
+    """keras.ops: join_colours' (r, g, b) with (a, b) reduced where the gamut needs it. Chroma factor k: 1
+    where (L, a, b) fits, else the largest k in [0, 1) that fits, to within 1/2**FIT_STEPS (k = 0 always
+    fits, except at pure black and white, where k = 0 is right too). Where join_colours fits, the same."""
+    from keras import ops
+
+    fy = _lightness_f(rgb_uint8)
+    low, high = ops.zeros_like(fy), ops.ones_like(fy)
+    for _ in range(FIT_STEPS):  # unrolled: the test is a few multiplications, and XLA fuses the steps
+        mid = (low + high) / 2.0
+        inside = _linear_rgb(fy, a, b, mid)[1]
+        low, high = ops.where(inside, mid, low), ops.where(inside, high, mid)
+    k = ops.where(_linear_rgb(fy, a, b)[1], 1.0, low)
+    return _to_uint8(_linear_rgb(fy, a, b, k)[0], (a == 0.0) & (b == 0.0))
+
+
+@functools.cache
+def _kernels():
+    """join_colours and fit_colours compiled for flat chunks: rgb uint8 (PIXEL_CHUNK, 3), a and b
+    (PIXEL_CHUNK,) float32 -> (r, g, b) uint8 (PIXEL_CHUNK,) each (+ join's all-fitted flag); fit runs only
+    for the chunks where join says not. Planar outputs, not one (PIXEL_CHUNK, 3) array: XLA would compute
+    a stacked output one channel at a time, repeating the shared work (measured 2-4x slower)."""
+    return backend_jit(join_colours), backend_jit(fit_colours)
 
 
 class UpsampledAB:

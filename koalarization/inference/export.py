@@ -1,18 +1,16 @@
 """Export a trained model for serving without this package: TensorFlow SavedModel or ONNX.
 
-Both hold the full model (embedder included) with the contract of `network.build_model`:
+Both hold everything `colorize` does (photo_model.build_photo_model: squash, L, the network with its
+embedder, upsampling, the join with the photo's own L and the gamut fit):
 
-    input  "L"            (B, S, S, 1) float32, L / 50 - 1 in [-1, 1]: the photo squashed to S x S (S: any
-                          multiple of 8; the trained size, `train.image_size` in config.json, works best)
-    input  "L_embedder"   (B, R, R, 1) float32, the same for the photo squashed to the embedder's
-                          resolution R (224 for efficientnet_lite*, 299 for inception_resnet_v2)
-    output                (B, S, S, 2) float32, ab / 128 in [-1, 1]
+    input  "image"   (B, H, W, 3) uint8 RGB, any H and W (one photo: B = 1; a batch: photos of one size)
+    output           (B, H, W, 3) uint8 RGB, the colorized photo with the input's own lightness
 
-A caller does what `colorize.Colorizer` does around it: squash the photo to S x S and R x R, compute L, run
-the model, upsample ab to the photo's size and join it with the photo's own L (docs/colorize.md).
+at the run's defaults (its ab gain and temperature; saturation 1). The outputs match `colorize`'s to within
+1 level on all but a few pixels in a thousand (tests/test_export.py; docs/colorize.md, "Export").
 
 SavedModel: Keras 3's `model.export(format="tf_saved_model")`; load with
-`tf.saved_model.load(path).serve({"L": ..., "L_embedder": ...})`.
+`tf.saved_model.load(path).serve(image)`.
 ONNX: Keras 3's `model.export(format="onnx")`, which converts through tf2onnx on the TensorFlow backend
 (pip install tf2onnx onnx; onnxruntime to run it).
 """
@@ -83,12 +81,12 @@ def export(run, fmt: str, out: str | Path, embedder_weights: str | None = None) 
             out.parent.mkdir(parents=True, exist_ok=True)
         else:
             raise KoalarizationError(f"out {out}: folder {out.parent} does not exist")
+    from koalarization.inference.photo_model import build_photo_model
     from koalarization.model.embedders import get_spec
 
-    model, cfg = TrainedRun.at(run).load(embedder_weights)
-    size, resolution = cfg.train.image_size, get_spec(cfg.model.embedder).resolution
-    # Keras' ONNX export refuses a model never called
-    model({"L": np.zeros((1, size, size, 1), np.float32), "L_embedder": np.zeros((1, resolution, resolution, 1), np.float32)})
+    network, cfg = TrainedRun.at(run).load(embedder_weights)
+    model = build_photo_model(network, cfg.train.image_size, get_spec(cfg.model.embedder).resolution)
+    model(np.zeros((1, 8, 8, 3), np.uint8))  # Keras' ONNX export refuses a model never called
     try:
         # Keras prints the whole signature while exporting; the CLI prints one line instead.
         with atomic_path(out) as tmp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), \

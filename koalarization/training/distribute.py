@@ -243,8 +243,9 @@ def keras_needs_workaround() -> bool:
     _, functions = _keras_internals()
     found = {name: source_hash(getattr(f, "__wrapped__", f)) for name, f in functions.items()}
     if found != KERAS_SOURCES:
-        raise RuntimeError(f"Keras {keras.__version__}: the functions patched by koalarization.distribute "
-                           f"changed ({found} != {KERAS_SOURCES}); re-check keras-team/keras issue 20585")
+        changed = ", ".join(name for name in functions if found[name] != KERAS_SOURCES.get(name))
+        raise KoalarizationError(f"Keras {keras.__version__}: {changed} changed since the multi-worker "
+                                 "workaround was checked; re-check keras-team/keras issue 20585 (docs/distributed.md)")
     return True
 
 
