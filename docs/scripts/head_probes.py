@@ -95,11 +95,12 @@ def settings(run: TrainedRun, temperatures=TEMPERATURES, saturations=SATURATIONS
 
 
 def with_gain(run: TrainedRun, gain: float, folder: Path) -> TrainedRun:
-    """`run` with config.json's ab_gain set to `gain`: a folder beside the results with that config and a
+    """`run` with config.json's ab_gain set to `gain` (a run trained from a config that ships a gain keeps
+    it in its config.json, so gain 1 needs a folder too): a folder beside the results with that config and a
     link to the run's weights (ab_gain changes no weight)."""
-    if gain == 1.0:
-        return run
     cfg = RunConfig.load(run.config_file)
+    if gain == cfg.model.ab_gain:
+        return run
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ab_gain=gain)).to_json())
     link = folder / WEIGHTS_FILE
@@ -125,6 +126,9 @@ def main() -> None:
                         help="probes to train and score (none: score only the shipped weights and --score-run)")
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--split-only", type=Path, metavar="RUN_FOLDER")
+    parser.add_argument("--shipped-as", default="shipped", metavar="NAME",
+                        help="the name the shipped weights' rows get (a run already scored under another name, "
+                             "once its weights ship, is not scored twice, nor confused with earlier shipped weights)")
     parser.add_argument("--score-run", action="append", default=[], metavar="NAME=RUN_FOLDER")
     parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
     parser.add_argument("--saturations", type=float, nargs="+", default=list(SATURATIONS))
@@ -146,7 +150,7 @@ def main() -> None:
     results_file = args.out / "results.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in results_file.read_text().splitlines()] if results_file.is_file() else []
-    runs = {"shipped": TrainedRun.at(None)}
+    runs = {args.shipped_as: TrainedRun.at(None)}
     for name in args.runs:
         cfg = probe_config(base, name, args.out, args.learning_rate)
         folder = Path(cfg.train.output)
