@@ -7,7 +7,7 @@ embedder, upsampling, the join with the photo's own L and the gamut fit):
     output           (B, H, W, 3) uint8 RGB, the colorized photo with the input's own lightness
 
 at the run's defaults (its ab gain and temperature; saturation 1). The outputs match `colorize`'s to within
-1 level on all but a few pixels in a thousand (tests/test_export.py; docs/colorize.md, "Export").
+1 level (tests/test_export.py; docs/colorize.md, "Export").
 
 SavedModel: Keras 3's `model.export(format="tf_saved_model")`; load with
 `tf.saved_model.load(path).serve(image)`.

@@ -12,8 +12,8 @@
 So a server needs no koalarization code: uint8 in, uint8 out, the same photo `colorize` writes to within
 a level (tests/test_export.py).
 
-Memory: a (B, H, W, 3) photo needs ~60 bytes per pixel of float32 work arrays (12 MP: ~0.7 GB), all at once
-where `colorize` works a band at a time; the exported model is for serving, `colorize` for large batches.
+Memory: the whole photo's work arrays at once (float64 for the exact resize), where `colorize` works a
+band at a time: a 12 MP photo peaks at about 2.5 GB of process memory against 1.0 GB (docs/colorize.md).
 """
 
 from __future__ import annotations

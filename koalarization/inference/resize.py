@@ -58,24 +58,24 @@ def _round_pass(sums):
     return ops.clip(ops.floor((sums + float(1 << (PRECISION_BITS - 1))) / float(1 << PRECISION_BITS)), 0.0, 255.0)
 
 
-def _block_matrix(in_size, factor):
-    """(ceil(in_size / factor), in_size) float64 0/1 matrix: which pixels each reduced pixel sums, and the
-    pixel counts (ceil(in_size / factor),) (the last block may be partial)."""
-    out_size = (in_size + factor - 1) // factor
-    rows = ops.cast(ops.arange(out_size), "int32")[:, None]
-    member = (ops.cast(ops.arange(in_size), "int32")[None, :] // factor) == rows
-    matrix = ops.cast(member, "float64")
-    return matrix, ops.sum(matrix, axis=1)
+def _block_sums(x, axis: int, factor):
+    """Sums of consecutive blocks of `factor` pixels along `axis` (the last block may be partial), and the
+    pixel counts (ceil(size / factor),): differences of a running sum at the block edges, so the work is
+    one pass over the photo (a 0/1 matrix product would cost size x ceil(size / factor) per line)."""
+    size = ops.shape(x)[axis]
+    edges = ops.minimum(ops.arange((size + factor - 1) // factor + 1) * factor, size)
+    first = ops.zeros_like(ops.take(x, ops.zeros((1,), "int32"), axis=axis))
+    running = ops.concatenate([first, ops.cumsum(x, axis=axis)], axis=axis)  # exact: integers in float64
+    sums = ops.take(running, edges[1:], axis=axis) - ops.take(running, edges[:-1], axis=axis)
+    return sums, ops.cast(edges[1:] - edges[:-1], "float64")
 
 
 def _reduce(rgb, factor_y, factor_x):
     """Pillow's Image.reduce((factor_x, factor_y)) of uint8 values (Reduce.c): each output the rounded mean
     of its block, ((sum + n // 2) * floor(2**32 / (256 n))) >> 24 for a block of n pixels (for n a power of
     two Pillow shifts instead: the same numbers)."""
-    height, width = ops.shape(rgb)[1], ops.shape(rgb)[2]
-    rows, count_y = _block_matrix(height, factor_y)
-    cols, count_x = _block_matrix(width, factor_x)
-    sums = ops.einsum("bhwc,vh,uw->bvuc", rgb, rows, cols)
+    sums, count_x = _block_sums(rgb, 2, factor_x)
+    sums, count_y = _block_sums(sums, 1, factor_y)
     n = (count_y[:, None] * count_x[None, :])[None, :, :, None]
     # division_UINT32 divides in C float (float32), then truncates
     multiplier = ops.cast(ops.floor(ops.cast(float(1 << 32), "float32") / ops.cast(256.0 * n, "float32")), "float64")
