@@ -1,6 +1,7 @@
 """Colour: sRGB <-> CIE Lab and the scaling to the network's ranges. The only owner of colour constants.
 
-Every function takes an array namespace `xp` (NumPy by default, or `keras.ops` inside a model graph), so
+Every function with more than arithmetic in it takes an array namespace `xp` (NumPy by default, or
+`keras.ops` inside a model graph; the scalings are plain arithmetic, the same in both), so
 the same arithmetic serves the data pipeline, the metrics and the model; the names used below exist with
 the same meaning in both namespaces.
 
@@ -96,22 +97,22 @@ def _const(values, like, xp):
 
 
 # ----------------------------------------------------------------------------------------- network ranges
-def scale_l(lightness, xp=np):
+def scale_l(lightness):
     """L in [0, 100] -> [-1, 1]."""
     return lightness / L_HALF - 1.0
 
 
-def unscale_l(scaled, xp=np):
+def unscale_l(scaled):
     """[-1, 1] -> L in [0, 100]."""
     return (scaled + 1.0) * L_HALF
 
 
-def scale_ab(ab, xp=np):
+def scale_ab(ab):
     """ab in about [-128, 127] -> about [-1, 1]."""
     return ab / AB_SCALE
 
 
-def unscale_ab(scaled, xp=np):
+def unscale_ab(scaled):
     """[-1, 1] -> ab in [-128, 128]."""
     return scaled * AB_SCALE
 
@@ -119,7 +120,6 @@ def unscale_ab(scaled, xp=np):
 # uint8 input: sRGB -> linear is exact as a 256-entry table, and the matrix folds in the white point.
 _LINEAR_OF_UINT8 = srgb_to_linear(np.arange(256) / 255.0).astype(np.float32)
 _XYZ_OVER_WHITE = (XYZ_FROM_RGB / WHITE_D65[:, None]).T.astype(np.float32)
-_Y_OF_UINT8 = [_LINEAR_OF_UINT8 * _XYZ_OVER_WHITE[c, 1] for c in range(3)]  # each channel's share of Y
 
 
 def _lab_f(t: np.ndarray) -> np.ndarray:
@@ -128,30 +128,29 @@ def _lab_f(t: np.ndarray) -> np.ndarray:
     return np.where(t > _LAB_EPSILON, cube_root, np.float32(_LAB_KAPPA) * t + np.float32(_LAB_OFFSET))
 
 
-def rgb_uint8_to_network(rgb_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 RGB (..., H, W, 3) -> (L scaled (..., H, W, 1), ab scaled (..., H, W, 2)), float32.
+def network_ab(rgb_uint8: np.ndarray) -> np.ndarray:
+    """uint8 RGB (..., H, W, 3) -> ab scaled (..., H, W, 2) float32: the photo's own colour, as the network
+    predicts it (the targets of the metrics, the bins' prior, the gamut's bins).
 
     rgb_to_lab's arithmetic for uint8 input, in float32 with a table for the sRGB curve: several times
-    faster than float64 powers (this runs for every photo that `test`, `colorize` and the cache see) and
-    equal to scikit-image within float32 precision (tests/test_color.py).
+    faster than float64 powers and equal to scikit-image within float32 precision (tests/test_color.py).
     """
     f = _lab_f(_LINEAR_OF_UINT8[rgb_uint8] @ _XYZ_OVER_WHITE)
     fx, fy, fz = f[..., 0:1], f[..., 1:2], f[..., 2:3]
-    lightness = scale_l(np.float32(116.0) * fy - np.float32(16.0))
     ab = scale_ab(np.concatenate([np.float32(500.0) * (fx - fy), np.float32(200.0) * (fy - fz)], axis=-1))
-    return lightness.astype(np.float32, copy=False), ab.astype(np.float32, copy=False)
+    return ab.astype(np.float32, copy=False)
 
 
-def lightness_uint8(rgb_uint8: np.ndarray) -> np.ndarray:
-    """uint8 RGB (..., H, W, 3) -> L scaled (..., H, W, 1) float32: rgb_uint8_to_network's L, a third of
-    its work (Y alone, from one table per channel)."""
-    y = sum(_Y_OF_UINT8[c][rgb_uint8[..., c]] for c in range(3))
-    return scale_l(np.float32(116.0) * _lab_f(y) - np.float32(16.0))[..., None].astype(np.float32, copy=False)
+def network_lightness(rgb_uint8, xp=np):
+    """uint8 RGB (..., 3) -> L scaled (..., 1) float32 in [-1, 1]: the network's L input, made here only
+    (the cache, training's graph, `colorize`, `test`, the exported model), from lab_f_of_luminance, the one
+    formula of a photo's L. In keras.ops the pixels must be int32 (an index type every backend gathers with)."""
+    return scale_l(116.0 * lab_f_of_luminance(rgb_uint8, xp) - 16.0)[..., None]
 
 
 def network_to_rgb(l_scaled, ab_scaled, xp=np):
     """(L scaled (..., 1), ab scaled (..., 2)) -> sRGB (..., 3) in [0, 1]."""
-    lab = xp.concatenate([unscale_l(l_scaled, xp), unscale_ab(ab_scaled, xp)], axis=-1)
+    lab = xp.concatenate([unscale_l(l_scaled), unscale_ab(ab_scaled)], axis=-1)
     return lab_to_rgb(lab, xp)
 
 
@@ -216,21 +215,28 @@ def srgb255_from_linear(linear, xp=np):
     return xp.round(xp.clip(srgb * 255.0, 0.0, 255.0))
 
 
-# A photo whose colour channels differ by at most GRAY_TOLERANCE (of 255) in all but GRAY_OUTLIERS of its
-# pixels is gray, whatever its file mode says (a black-and-white scan saved as RGB, say). Such photos teach
-# the network to predict gray. JPEG chroma noise in a gray photo stays within
-# a few levels, so 6 at the 99.5th percentile separates them from faintly coloured photos (the public
-# training sets' drop lists were made with the same rule).
+# A photo is gray, whatever its file mode says (a black-and-white scan saved as RGB, say), when its colour
+# channels differ by at most GRAY_TOLERANCE (of 255) in all but (100 - GRAY_PERCENTILE) % of its pixels, or
+# when its mean chroma is below GRAY_CHROMA (of about 128): either way it has no colour for the network to
+# learn or recover, and gray photos teach the network to predict gray. JPEG chroma noise in a gray photo
+# stays within a few levels, so 6 at the 99.5th percentile separates them from faintly coloured photos (the
+# public training sets' drop lists were made with the same rule); a toned print with a few coloured specks
+# fails that test but not the chroma one. The caller chooses the resolution: the cache and `test` both judge
+# the photo squashed to the embedder's resolution (JPEG noise averages out, and a 12 MP photo is cheap).
 GRAY_TOLERANCE = 6
 GRAY_PERCENTILE = 99.5
+GRAY_CHROMA = 1.0
 
 
 def is_gray(rgb_uint8: np.ndarray) -> bool:
-    """True when a uint8 RGB photo (H, W, 3) has (nearly) equal channels (see GRAY_TOLERANCE)."""
+    """True when a uint8 RGB photo (H, W, 3) has no colour (see GRAY_TOLERANCE): the one rule for it."""
     r, g, b = rgb_uint8[..., 0], rgb_uint8[..., 1], rgb_uint8[..., 2]
     spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # uint8: no wrap-around
     # "the GRAY_PERCENTILE-th percentile of the spread is at most GRAY_TOLERANCE", without sorting
-    return bool(np.count_nonzero(spread > GRAY_TOLERANCE) <= (100.0 - GRAY_PERCENTILE) / 100.0 * spread.size)
+    if np.count_nonzero(spread > GRAY_TOLERANCE) <= (100.0 - GRAY_PERCENTILE) / 100.0 * spread.size:
+        return True
+    chroma = np.hypot(*np.moveaxis(unscale_ab(network_ab(rgb_uint8)), -1, 0))
+    return bool(chroma.mean() < GRAY_CHROMA)
 
 
 # Zhang, Isola & Efros (ECCV 2016, section 2.1) quantize ab on a grid of 10 and keep the bins that hold
@@ -255,7 +261,7 @@ def gamut_ab_bins(step: float = AB_BIN_STEP) -> np.ndarray:
             face = np.empty((u.size, 3), np.uint8)
             face[:, channel], face[:, others[0]], face[:, others[1]] = value, u, v
             faces.append(face)
-    ab = unscale_ab(rgb_uint8_to_network(np.concatenate(faces))[1])
+    ab = unscale_ab(network_ab(np.concatenate(faces)))
     cells = np.unique(np.round(ab / step).astype(np.int64), axis=0)
     return (cells * step).astype(np.float32)
 

@@ -29,8 +29,16 @@ from koalarization.files import atomic_path, first_line
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "colorize.weights.h5"
-CONFIG_FILE = "config.json"
+# A run folder's files: `train` writes them, everything reads them by these names (one owner).
+WEIGHTS_FILE = "colorize.weights.h5"  # the best weights, stamped with their ModelConfig
+CONFIG_FILE = "config.json"  # the RunConfig, every setting of the run
+SPLIT_FILE = "split.json"  # the train / val / test photo lists (data.split)
+PRIOR_FILE = "ab_prior.json"  # the classification head's bins, ab prior and class weights (model.distribution)
+LOG_FILE = "log.csv"  # Keras' CSVLogger: a row per epoch
+CURVES_FILE = "curves.png"  # log.csv drawn
+CURVE_FILE = "curve.csv"  # the validation loss every --validate-every-steps steps
+BACKUP_DIR = "backup"  # an unfinished run's state (training.backup); removed when the run completes
+LOGS_DIR = "logs"  # TensorBoard's
 STAMP = "koalarization_model"  # HDF5 attribute: the ModelConfig as JSON
 # The weights that ship inside the package (setup.py package_data), with their config.json beside them.
 SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / WEIGHTS_FILE
@@ -66,9 +74,11 @@ class TrainedRun:
 
     @property
     def split_file(self) -> Path:
-        from koalarization.data.split import SPLIT_FILE
-
         return self.folder / SPLIT_FILE
+
+    @property
+    def prior_file(self) -> Path:
+        return self.folder / PRIOR_FILE
 
     @property
     def shipped(self) -> bool:
@@ -274,7 +284,7 @@ def load_trained(weights: str | Path, embedder_weights: str | None = None) -> tu
     if cfg.model.loss == "classification":
         from koalarization.model import distribution
 
-        prior = TrainedRun(weights).folder / distribution.PRIOR_FILE
+        prior = TrainedRun(weights).prior_file
         if prior.is_file():  # the bins the head was trained on; read_prior refuses other ones
             distribution.read_prior(prior)
     return model, cfg

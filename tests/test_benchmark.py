@@ -40,7 +40,7 @@ def test_reference_batches_are_lab_scaled_like_ours(photo_dir):
     assert photos.shape == (4, 32, 32, 3) and photos.dtype == np.float64
     lightness, ab = reference_pipeline.ReferenceBatches(photos, 3, augment=None)[0]
     assert lightness.shape == (3, 32, 32, 1) and ab.shape == (3, 32, 32, 2)
-    ours_l, ours_ab = color.rgb_uint8_to_network(color.to_uint8(photos))
+    ours_l, ours_ab = color.network_lightness(color.to_uint8(photos)), color.network_ab(color.to_uint8(photos))
     order = reference_pipeline.ReferenceBatches(photos, 3).order[:3]
     np.testing.assert_allclose(lightness, ours_l[order], atol=0.01)  # up to our uint8 rounding
     np.testing.assert_allclose(ab, ours_ab[order], atol=0.02)

@@ -11,6 +11,7 @@ from koalarization import color
 from koalarization.cli import build_parser, main, run_config_from_args
 from koalarization.inference.evaluate import ab_accuracy_auc, colorfulness
 from koalarization.model import distribution
+from koalarization.run import PRIOR_FILE
 from koalarization.training.train import train
 
 from conftest import synthetic_photo
@@ -29,7 +30,7 @@ def classification_run(photo_dir, tmp_path_factory):
 def test_classification_run_stores_its_bins_prior_and_config(classification_run):
     config = json.loads((classification_run / "config.json").read_text())
     assert config["model"]["loss"] == "classification" and config["model"]["temperature"] == 0.38
-    prior = json.loads((classification_run / distribution.PRIOR_FILE).read_text())
+    prior = json.loads((classification_run / PRIOR_FILE).read_text())
     assert np.array_equal(np.asarray(prior["bins"], np.float32), distribution.bins())
     weights, p = np.asarray(prior["class_weights"]), np.asarray(prior["prior"])
     assert float(np.sum(p * weights)) == pytest.approx(1.0) and weights.std() > 0  # rebalanced
@@ -100,7 +101,7 @@ def test_test_scores_and_writes_exactly_what_colorize_writes(classification_run,
 
 def test_ab_accuracy_is_one_for_the_photo_itself_and_lower_for_gray():
     photo = synthetic_photo(3)
-    true_ab = color.rgb_uint8_to_network(photo)[1]
+    true_ab = color.network_ab(photo)
     assert ab_accuracy_auc(true_ab, photo) == pytest.approx(1.0)
     gray = np.repeat(photo.mean(-1, keepdims=True).astype(np.uint8), 3, -1)
     assert ab_accuracy_auc(true_ab, gray) < 0.9

@@ -120,6 +120,12 @@ def test_test_command_writes_folders_metrics_and_summary(photo_dir, tmp_path, ca
     from koalarization.inference.evaluate import colorfulness
 
     assert colorfulness(bw.astype(np.uint8)) < 1.0
+    # predicted/ holds exactly what `colorize` writes for the same photos: the same bytes
+    sources = [next(photo_dir.rglob(Path(name).stem + ".*")) for name in written]
+    assert main(["colorize", *map(str, sources), "--weights", str(out / "colorize.weights.h5"),
+                 "--out", str(tmp_path / "colorized")]) == 0
+    for name in written:
+        assert (tmp_path / "colorized" / name).read_bytes() == (test_out / "predicted" / name).read_bytes(), name
 
     # Another folder (no saved split for it): every photo; a photo that is gray itself is counted apart,
     # so the means stay finite (its gray baseline would be a perfect, infinite-PSNR copy).

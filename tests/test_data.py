@@ -72,10 +72,21 @@ def test_cache_holds_each_photo_and_its_embedding_from_the_full_photo(photo_dir,
     # the embedder saw the full photo's gray at its own resolution (tiny_random: 32 px), not the S x S photo
     from koalarization.model.embedders import build_embedder
 
-    seen = color.lightness_uint8(images.resize_rgb(rgb, 32))[None]
+    seen = color.network_lightness(images.resize_rgb(rgb, 32))[None]
     expected = build_embedder("tiny_random").predict_on_batch(seen)[0]
     np.testing.assert_allclose(store.embedding(row), expected, atol=1e-6)
     assert store.embedding(row).shape == (store.embedding_dim,) == (1000,)
+
+
+def test_a_truncated_cache_shard_is_a_one_line_error_naming_it(photo_dir, tmp_path):
+    store = build_cache(photo_dir, tmp_path / "c")
+    shard = tmp_path / "c" / cache.PHOTOS.format(0)
+    assert np.load(shard).shape == (len(store.photos), 32, 32, 3)  # a .npy file NumPy reads as it is
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size - 100)
+    with pytest.raises(KoalarizationError, match=rf"{shard.name}: truncated .*delete the cache") as err:
+        cache.Cache(tmp_path / "c").photo(0)
+    assert "\n" not in str(err.value)
 
 
 def test_cache_skips_gray_photos_by_mode_and_by_content_and_broken_files(photo_dir, tmp_path):
@@ -99,10 +110,16 @@ def test_cache_skips_gray_photos_by_mode_and_by_content_and_broken_files(photo_d
 def test_is_gray_threshold():
     rgb = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=-1).repeat(4, axis=0)  # (4, 256, 3)
     assert color.is_gray(rgb)
-    rgb[0, :6, 0] = 255  # 6 of 1024 pixels (0.6 %) far apart: more than the 0.5 % allowed
-    assert not color.is_gray(rgb)
-    rgb[0, :5, 0] = rgb[0, :5, 1]  # 1 pixel left
-    assert color.is_gray(rgb)
+    specks = rgb.copy()
+    specks[0, :6, 0] = 255  # 6 of 1024 pixels (0.6 %) far apart: more than the 0.5 % allowed ...
+    assert color.is_gray(specks)  # ... but a mean chroma of 0.6: a gray photo with a few coloured specks
+    specks[:, :60, 0] = 255  # 6 % of the pixels red: mean chroma 23
+    assert not color.is_gray(specks)
+    tint = rgb.copy()
+    tint[..., 0] = np.minimum(tint[..., 0].astype(int) + 8, 255)  # every pixel 8 levels redder: faint (chroma 3), but colour
+    assert not color.is_gray(tint)
+    tint[..., 0] = np.minimum(rgb[..., 0].astype(int) + 4, 255)  # 4 levels: within the JPEG-noise tolerance
+    assert color.is_gray(tint)
 
 
 def test_an_interrupted_cache_build_resumes_at_its_first_unfinished_shard(photo_dir, tmp_path, monkeypatch):

@@ -21,12 +21,12 @@ def test_gamut_bins_are_the_bins_of_every_srgb_colour():
     # Inside the cube too (every 5th level): each colour's rounded cell is one of the surface's bins.
     levels = np.arange(0, 256, 5, dtype=np.uint8)
     cube = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
-    cells = np.round(color.unscale_ab(color.rgb_uint8_to_network(cube)[1]) / color.AB_BIN_STEP) * color.AB_BIN_STEP
+    cells = np.round(color.unscale_ab(color.network_ab(cube)) / color.AB_BIN_STEP) * color.AB_BIN_STEP
     known = {tuple(b) for b in bins.astype(int)}
     assert {tuple(c) for c in cells.astype(int)} <= known
     # and the gamut's extremes are there: pure red, green, blue, yellow
     for rgb in ([255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]):
-        ab = color.unscale_ab(color.rgb_uint8_to_network(np.array([rgb], np.uint8))[1])[0]
+        ab = color.unscale_ab(color.network_ab(np.array([rgb], np.uint8)))[0]
         assert tuple((np.round(ab / 10) * 10).astype(int)) in known
 
 
@@ -42,7 +42,7 @@ def test_nearest_bins_match_a_brute_force_search():
     the 16-candidate search gives the soft targets of a search over all Q bins."""
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (4, 2, 64, 3), dtype=np.uint8)
-    ab = color.unscale_ab(color.rgb_uint8_to_network(rgb)[1])
+    ab = color.unscale_ab(color.network_ab(rgb))
     ab = np.concatenate([ab.reshape(-1, 2), ab.mean(axis=1).reshape(-1, 2)]).astype(np.float32)
     centres = distribution.bins()
     indices, weights = (np.asarray(x) for x in distribution.nearest_bins(keras.ops.convert_to_tensor(ab)))
@@ -62,7 +62,7 @@ def test_bin_loss_is_the_rebalanced_cross_entropy():
     q = len(distribution.bins())
     logits = rng.normal(size=(2, 4, 4, q)).astype(np.float32)
     # the ab of real colours (the loss's targets are photos' ab)
-    target = color.rgb_uint8_to_network(rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8))[1]
+    target = color.network_ab(rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8))
     weight = np.array([1.0, 0.0], np.float32).reshape(2, 1, 1)
     class_weights = rng.uniform(0.5, 2.0, q)
     layer = distribution.BinLoss(class_weights)
@@ -96,7 +96,7 @@ def test_ab_histogram_counts_each_pixel_in_its_nearest_bin():
     rng = np.random.default_rng(2)
     photos = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     counts = distribution.ab_histogram(photos)
-    ab = color.unscale_ab(color.rgb_uint8_to_network(photos)[1]).reshape(-1, 2)
+    ab = color.unscale_ab(color.network_ab(photos)).reshape(-1, 2)
     nearest = np.argmin(((ab[:, None, :] - distribution.bins()) ** 2).sum(-1), axis=1)
     np.testing.assert_array_equal(counts, np.bincount(nearest, minlength=len(counts)))
 
@@ -161,9 +161,9 @@ def test_classification_head_overfits_one_photo_to_vivid_colour():
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=None)
     history = model.fit(batch, epochs=150, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0] / 2
-    logits = colorizer_of(model).predict_on_batch([color.lightness_uint8(rgb), batch["embedding"]])
+    logits = colorizer_of(model).predict_on_batch([color.network_lightness(rgb), batch["embedding"]])
     ab = np.asarray(distribution.AnnealedMean()(logits)).repeat(2, 1).repeat(2, 2)
-    out = color.to_uint8(color.network_to_rgb(color.lightness_uint8(rgb), ab))
+    out = color.to_uint8(color.network_to_rgb(color.network_lightness(rgb), ab))
     truth = colorfulness(rgb[0])
     assert colorfulness(out[0]) > 0.7 * truth, (colorfulness(out[0]), truth)
     assert out[0, 16, 4, 0] > out[0, 16, 4, 2] + 60  # red half red

@@ -25,7 +25,7 @@ def overfit_two_photos(epochs: int = 400) -> tuple[float, float]:
     )
     photos = [images.load_rgb(REPO / "data" / f"{name}.jpg") for name in ("astronaut", "coffee")]
     rgb = np.stack([images.resize_rgb(p, 32) for p in photos])
-    seen = np.stack([color.lightness_uint8(images.resize_rgb(p, 32)) for p in photos])
+    seen = np.stack([color.network_lightness(images.resize_rgb(p, 32)) for p in photos])
     batch = {"rgb": rgb, "affine": np.tile(np.eye(2, dtype="float32"), (2, 1, 1)),
              "embedding": np.asarray(build_embedder("tiny_random").predict_on_batch(seen)),
              "weight": np.ones((2, 1, 1), "float32")}
@@ -33,7 +33,7 @@ def overfit_two_photos(epochs: int = 400) -> tuple[float, float]:
     # The reference optimiser (RMSprop 1e-3) and loss (MSE on ab, added inside the model).
     model.compile(optimizer=keras.optimizers.RMSprop(1e-3), loss=None)
     first = float(model.evaluate(batch, verbose=0, batch_size=2))
-    _, target = color.rgb_uint8_to_network(rgb)  # identity warp: the loss is plain MSE on the photos' ab
+    target = color.network_ab(rgb)  # identity warp: the loss is plain MSE on the photos' ab
     np.testing.assert_allclose(first, np.mean(np.square(model.predict_on_batch(batch) - target)), rtol=1e-4)
     history = model.fit(batch, epochs=epochs, batch_size=2, verbose=0)
     return first, min(history.history["loss"][-20:])

@@ -63,7 +63,7 @@ def main():
     val = run.split().val[: args.limit]
     photos = np.stack([store.photo(store.row_of(p)) for p in val])
     embeddings = np.stack([store.embedding(store.row_of(p)) for p in val])
-    lightness, _ = color.rgb_uint8_to_network(photos)
+    lightness = color.network_lightness(photos)
     colorizer = colorizer_of(model)
     base = baselines(photos, lightness)
     rows = []

@@ -42,11 +42,11 @@ from pathlib import Path
 import numpy as np
 
 from koalarization.config import RunConfig
-from koalarization.data.split import SPLIT_FILE, Split, make_split
+from koalarization.data.split import Split, make_split
 from koalarization.inference.colorize import Colorizer
 from koalarization.inference.evaluate import score_photos, summarize
-from koalarization.run import SHIPPED_WEIGHTS, WEIGHTS_FILE, TrainedRun
-from koalarization.training.train import BACKUP_DIR, photo_cache, train
+from koalarization.run import BACKUP_DIR, SHIPPED_WEIGHTS, SPLIT_FILE, WEIGHTS_FILE, TrainedRun
+from koalarization.training.train import photo_cache, train
 
 PROBES = {
     "mse": {"loss": "mse", "rebalance": True},

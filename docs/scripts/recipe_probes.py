@@ -56,7 +56,7 @@ def run(name, size, photos, embeddings, val, val_embeddings, args):
         model.fit(batch, batch_size=32, epochs=1, shuffle=True, verbose=0)
     seconds = time.time() - start
     small = np.stack([images.resize_rgb(v, size) for v in val])
-    ab = np.asarray(colorizer_of(model).predict([color.lightness_uint8(small), val_embeddings], verbose=0))
+    ab = np.asarray(colorizer_of(model).predict([color.network_lightness(small), val_embeddings], verbose=0))
     from koalarization.inference.colorize import join_lightness
 
     rows = []
@@ -100,7 +100,7 @@ def main() -> None:
         results.append(run("A: embedder sees the full photo", 64, photos64, train_full, val, val_full, args))
     if "B" in args.runs:
         embedder = build_embedder("efficientnet_lite0_pooled")
-        from_small = lambda rgb: np.asarray(embedder.predict(color.lightness_uint8(rgb), batch_size=64, verbose=0))  # noqa: E731
+        from_small = lambda rgb: np.asarray(embedder.predict(color.network_lightness(rgb), batch_size=64, verbose=0))  # noqa: E731
         val64 = np.stack([images.resize_rgb(v, 64) for v in val])
         results.append(run("B: embedder sees the 64 px L", 64, photos64, from_small(photos64), val,
                            from_small(val64), args))

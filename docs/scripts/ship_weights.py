@@ -20,8 +20,7 @@ import h5py
 import numpy as np
 
 from koalarization.config import RunConfig
-from koalarization.model.distribution import PRIOR_FILE
-from koalarization.run import CONFIG_FILE, STAMP, WEIGHTS_FILE, load_trained
+from koalarization.run import CONFIG_FILE, PRIOR_FILE, STAMP, WEIGHTS_FILE, load_trained
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parents[2] / "koalarization" / "weights"
 

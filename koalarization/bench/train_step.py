@@ -18,19 +18,20 @@ from koalarization.bench.memory import peak_rss_mb
 from koalarization.config import RunConfig
 from koalarization.data.batches import random_affine
 from koalarization.model.embedders import embedding_dim
-from koalarization.model.preprocess import build_training_model
+from koalarization.model.preprocess import batch_spec, build_training_model
 from koalarization.training.train import make_optimizer, precision_policy
 
 
 def synthetic_batch(cfg: RunConfig, dim: int) -> dict:
     """A batch shaped as batches.BatchSource gives it, with random values (the cost is the same)."""
     rng = np.random.default_rng(0)
-    batch, size = cfg.train.batch_size, cfg.train.image_size
+    batch = cfg.train.batch_size
+    spec = batch_spec(cfg.train.image_size, dim)
     return {
-        "rgb": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
-        "affine": np.stack([random_affine(rng, cfg.train.augment) for _ in range(batch)]).astype(np.float32),
-        "embedding": rng.uniform(0, 1, (batch, dim)).astype(np.float32),
-        "weight": np.ones((batch, 1, 1), np.float32),
+        "rgb": rng.integers(0, 256, (batch, *spec["rgb"][0]), dtype=spec["rgb"][1]),
+        "affine": np.stack([random_affine(rng, cfg.train.augment) for _ in range(batch)]).astype(spec["affine"][1]),
+        "embedding": rng.uniform(0, 1, (batch, *spec["embedding"][0])).astype(spec["embedding"][1]),
+        "weight": np.ones((batch, *spec["weight"][0]), spec["weight"][1]),
     }
 
 

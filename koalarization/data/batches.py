@@ -7,7 +7,8 @@ batches, and every photo appears exactly once per epoch.
 
     BatchSource[i] -> ({"rgb": uint8 (B, S, S, 3) unwarped, "affine": float32 (B, 2, 2) random_affine's,
                         "embedding": float32 (B, D), "weight": float32 (B, 1, 1): 1, or 0 for padding},)
-    which preprocess.build_training_model takes (augmentation, Lab and scaling happen in its graph).
+    the layout of preprocess.batch_spec, which preprocess.build_training_model takes (augmentation, Lab and
+    scaling happen in its graph).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from koalarization.config import AugmentConfig
 from koalarization.errors import KoalarizationError
+from koalarization.model.preprocess import batch_spec
 
 
 # ----------------------------------------------------------------------------------------- augmentation
@@ -118,16 +120,14 @@ class BatchSource(keras.utils.PyDataset):
         first = index * self.batch_size + self.shard[0] * share
         positions = list(range(min(first, len(self.files)), min(first + share, len(self.files))))
         count = share if self.pad else len(positions)  # weight-0 padding: every replica computes alike
-        size, dim = self.image_size, self.cache.embedding_dim
-        rgb = np.full((count, size, size, 3), 128, np.uint8)
-        embedding = np.zeros((count, dim), np.float32)
-        affine = np.tile(np.eye(2, dtype=np.float32), (count, 1, 1))
-        weight = np.zeros((count, 1, 1), np.float32)  # (B, 1, 1): broadcasts over the per-pixel loss
+        spec = batch_spec(self.image_size, self.cache.embedding_dim)
+        batch = {name: np.zeros((count, *shape), dtype) for name, (shape, dtype) in spec.items()}
+        batch["rgb"][:], batch["affine"][:] = 128, np.eye(2)  # padding: a gray photo, unwarped, of weight 0
         for i, p in enumerate(positions):
-            (rgb[i], embedding[i]), weight[i] = self.sample(epoch, p), 1.0
-        # this view's places of the batch; padding keeps the identity
-        affine[: len(positions)] = self.matrices(epoch, index)[first - index * self.batch_size :][: len(positions)]
-        return ({"rgb": rgb, "affine": affine, "embedding": embedding, "weight": weight},)
+            (batch["rgb"][i], batch["embedding"][i]), batch["weight"][i] = self.sample(epoch, p), 1.0
+        # this view's places of the batch
+        batch["affine"][: len(positions)] = self.matrices(epoch, index)[first - index * self.batch_size :][: len(positions)]
+        return (batch,)
 
 
 class EpochSetter(keras.callbacks.Callback):

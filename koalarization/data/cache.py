@@ -63,7 +63,7 @@ def photo_inputs(rgb: np.ndarray, image_size: int, resolution: int) -> tuple[np.
     L scaled (R, R, 1) float32 in [-1, 1], gray), both squashed from the full photo (as the reference
     squashed it); gray: color.is_gray, judged at R px (cheap on a 12 MP photo; JPEG noise averages out)."""
     for_embedder, small = images.resize_rgb_each(rgb, [resolution, image_size])
-    return small, color.lightness_uint8(for_embedder), color.is_gray(for_embedder)
+    return small, color.network_lightness(for_embedder), color.is_gray(for_embedder)
 
 
 def decode_for_cache(path: Path, image_size: int, resolution: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,12 +109,16 @@ class Cache:
         return row
 
     def _descriptor(self, name: str) -> tuple[int, int]:
+        """(descriptor, offset of the data) of a shard's .npy file. NumPy reads the header (np.load with
+        mmap_mode also checks that the file holds all the data its header promises); the rows are then read
+        with pread, not through the memory map, so that the process's resident memory stays a few batches
+        (a mapped page that was read counts as resident until the kernel needs it back)."""
         if name not in self._files:  # a race opens the file twice; both descriptors work
             path = self.folder / name
-            with open(path, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(f)
-                offset = f.tell()
+            try:
+                offset = np.load(path, mmap_mode="r").offset
+            except ValueError as err:  # shorter than its header says
+                raise KoalarizationError(f"{path}: truncated ({err}); delete the cache to rebuild it") from None
             self._files[name] = (os.open(path, os.O_RDONLY), offset)
         return self._files[name]
 
@@ -198,12 +202,10 @@ def _build_shard(folder, k, shard, image_size, resolution, dim, embed, pool, bar
     skipped: dict[int, str] = {}
     # io.atomic_path's names are per process: several workers of one machine may build the same cache
     # at once; each writes its own temporary files, and identical contents are renamed into place.
-    with atomic_path(folder / PHOTOS.format(k)) as photo_tmp, atomic_path(folder / EMBEDDINGS.format(k)) as embedding_tmp, \
-            open(photo_tmp, "wb") as photos, open(embedding_tmp, "wb") as embeddings:
-        np.lib.format.write_array_header_1_0(photos, {"descr": "|u1", "fortran_order": False,
-                                                      "shape": (len(shard), image_size, image_size, 3)})
-        np.lib.format.write_array_header_1_0(embeddings, {"descr": "<f4", "fortran_order": False,
-                                                          "shape": (len(shard), dim)})
+    with atomic_path(folder / PHOTOS.format(k)) as photo_tmp, atomic_path(folder / EMBEDDINGS.format(k)) as embedding_tmp:
+        # .npy files written through NumPy's memory map: a skipped photo's row stays zeros
+        photos = np.lib.format.open_memmap(photo_tmp, "w+", np.uint8, (len(shard), image_size, image_size, 3))
+        embeddings = np.lib.format.open_memmap(embedding_tmp, "w+", np.float32, (len(shard), dim))
         for first in range(0, len(shard), EMBED_BATCH):
             results = list(pool.map(one, shard[first : first + EMBED_BATCH]))
             good = [r for r in results if not isinstance(r, str)]
@@ -211,12 +213,12 @@ def _build_shard(folder, k, shard, image_size, resolution, dim, embed, pool, bar
             for i, result in enumerate(results, start=first):
                 if isinstance(result, str):
                     skipped[i] = result
-                    photos.write(bytes(image_size * image_size * 3))
-                    embeddings.write(bytes(4 * dim))
                 else:
-                    photos.write(np.ascontiguousarray(result[0], np.uint8).tobytes())
-                    embeddings.write(next(vectors).tobytes())
+                    photos[i], embeddings[i] = result[0], next(vectors)
             bar.update(len(results))
+        photos.flush()
+        embeddings.flush()
+        del photos, embeddings  # unmapped before the rename
     write_text_atomic(folder / DONE.format(k), json.dumps({"skipped": {str(i): r for i, r in skipped.items()}}))
 
 

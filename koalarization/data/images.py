@@ -73,15 +73,20 @@ def _check_regular(path: Path) -> None:
     """ImageError unless `path` is a regular file or a link to one; os.stat only, nothing is opened."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise ImageError(f"{path}: file not found") from None
-    except PermissionError:
-        raise ImageError(f"{path}: permission denied") from None
-    except OSError as err:  # a symlink loop: "Too many levels of symbolic links"
-        raise ImageError(f"{path}: cannot read ({err.strerror or err})") from None
+    except OSError as err:
+        raise ImageError(f"{path}: {_os_problem(err)}") from None
     if not stat.S_ISREG(mode):
         kind = next((name for is_kind, name in _NOT_REGULAR if is_kind(mode)), "an unknown kind of file")
         raise ImageError(f"{path}: not a regular file: {kind}")
+
+
+def _os_problem(err: OSError) -> str:
+    """An OSError of reading a file in words (a symlink loop: "Too many levels of symbolic links")."""
+    if isinstance(err, FileNotFoundError):
+        return "file not found"
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    return f"cannot read ({err.strerror or err})"
 
 
 def _value_error(err: ValueError) -> str:
@@ -108,10 +113,6 @@ def _open(source, path) -> Image.Image:
         return image
     except ImageError:
         raise
-    except FileNotFoundError:
-        raise ImageError(f"{path}: file not found") from None
-    except PermissionError:
-        raise ImageError(f"{path}: permission denied") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{path}: too many pixels (decompression bomb?)") from None
     except UnidentifiedImageError:
@@ -119,7 +120,7 @@ def _open(source, path) -> Image.Image:
     except ValueError as err:
         raise ImageError(f"{path}: {_value_error(err)}") from None
     except OSError as err:
-        raise ImageError(f"{path}: cannot read ({err})") from None
+        raise ImageError(f"{path}: {_os_problem(err)}") from None
 
 
 def _float_to_gray(values: np.ndarray) -> np.ndarray:
@@ -332,6 +333,19 @@ class SkipLog:
     def close(self) -> None:
         if self.count > self.limit:
             self.log.warning("... and %s more %s skipped", f"{self.count - self.limit:,}", self.what)
+
+    def load_each(self, paths: list[Path], alone: bool = False) -> list[tuple[Path, np.ndarray]]:
+        """(path, load_rgb(path)) for each readable photo of `paths`, skipping the others; `alone`: the only
+        photo a command was asked for, whose problem is then the command's error (raised, not skipped)."""
+        loaded = []
+        for path in paths:
+            try:
+                loaded.append((path, load_rgb(path)))
+            except ImageError as err:
+                if alone:
+                    raise
+                self.add(err)
+        return loaded
 
 
 def output_names(paths: list[Path], folders: list[Path]) -> list[str]:

@@ -14,8 +14,6 @@ from pathlib import Path
 from koalarization.errors import KoalarizationError
 from koalarization.files import write_text_atomic
 
-SPLIT_FILE = "split.json"
-
 
 @dataclass(frozen=True)
 class Split:

@@ -264,7 +264,7 @@ class Colorizer:
         temperature = self.temperature(temperature)
         with _stage("lab"):
             small, for_embedder, _ = zip(*(photo_inputs(rgb, self.size, self.resolution) for rgb in rgbs))
-            inputs = {"L": color.lightness_uint8(np.stack(small)), "L_embedder": np.stack(for_embedder)}
+            inputs = {"L": color.network_lightness(np.stack(small)), "L_embedder": np.stack(for_embedder)}
         with self._lock, _stage("network"):
             if temperature is not None:  # a variable of the compiled model: no recompiling
                 set_temperature(self._model, temperature)
@@ -345,15 +345,9 @@ def colorize_files(inputs: list[str], run, out_dir=COLORIZE_OUT, size=None, satu
     skipped, done = images.SkipLog(log), 0
     with logging_redirect_tqdm(), tqdm(total=len(paths), unit="photo", disable=len(paths) < 2) as bar:
         for first in range(0, len(paths), max(1, batch_size)):
-            batch = []
-            for path in paths[first : first + max(1, batch_size)]:
-                try:
-                    batch.append((path, images.load_rgb(path)))
-                except images.ImageError as err:
-                    if len(paths) == 1:  # one photo asked for: its problem is the command's error
-                        raise
-                    skipped.add(err)
-                    bar.update(1)
+            wanted = paths[first : first + max(1, batch_size)]
+            batch = skipped.load_each(wanted, alone=len(paths) == 1)
+            bar.update(len(wanted) - len(batch))
             results = colorizer.colorize_many([rgb for _, rgb in batch], saturation, temperature)
             for (path, _), rgb in zip(batch, results):
                 images.save_png_atomic(rgb, targets[path], text=images.OUTPUT_MARK)

@@ -60,7 +60,7 @@ def frame_statistic(rgb_uint8: np.ndarray) -> float:
     the interior. Photos score about 0.75; a colour frame (bands of another hue along the borders) scores
     well above 1."""
     small = images.resize_rgb(rgb_uint8, FRAME_SIZE)
-    ab = color.unscale_ab(color.rgb_uint8_to_network(small)[1]).astype(np.float64)
+    ab = color.unscale_ab(color.network_ab(small)).astype(np.float64)
     change = (np.abs(np.diff(ab, axis=1))[:-1] + np.abs(np.diff(ab, axis=0))[:, :-1]).sum(axis=-1)
     band = np.ones(change.shape, bool)
     band[FRAME_BAND:-FRAME_BAND, FRAME_BAND:-FRAME_BAND] = False
@@ -70,9 +70,9 @@ def frame_statistic(rgb_uint8: np.ndarray) -> float:
 
 def ab_accuracy_auc(true_ab: np.ndarray, predicted: np.ndarray) -> float:
     """Zhang et al.'s raw accuracy of uint8 RGB `predicted` (H, W, 3) against the photo's ab (H, W, 2) in
-    [-1, 1] (color.rgb_uint8_to_network's, computed once per photo by the caller): the share of pixels whose
+    [-1, 1] (color.network_ab's, computed once per photo by the caller): the share of pixels whose
     ab is within t of the photo's, averaged over t = 0..ACCURACY_THRESHOLDS (1 = every pixel exact)."""
-    ours_ab = color.rgb_uint8_to_network(predicted)[1]
+    ours_ab = color.network_ab(predicted)
     distance = np.hypot(*np.moveaxis(ours_ab - true_ab, -1, 0)).ravel() * color.AB_SCALE
     thresholds = np.arange(ACCURACY_THRESHOLDS + 1)
     within = np.searchsorted(np.sort(distance), thresholds, side="right") / distance.size
@@ -130,32 +130,23 @@ def score_photos(colorizer, files, saturation=1.0, temperature=None, batch_size=
 
     rows, skipped = [], images.SkipLog(log)
     for start in tqdm(range(0, len(files), batch_size), desc="test", unit="batch", leave=False):
-        loaded = []
-        for path in files[start : start + batch_size]:
-            try:
-                loaded.append((path, images.load_rgb(path)))
-            except images.ImageError as err:
-                if len(files) == 1:  # one photo asked for: its problem is the command's error
-                    raise
-                skipped.add(err)
+        loaded = skipped.load_each(files[start : start + batch_size], alone=len(files) == 1)
         if not loaded:
             continue
         predicted = colorizer.colorize_many([rgb for _, rgb in loaded], saturation, temperature)
         items = []
         for (path, actual), ours in zip(loaded, predicted):
             bw = gray_from_lightness(actual)
-            true_ab = color.rgb_uint8_to_network(actual)[1]  # full resolution: once for both accuracies
+            true_ab = color.network_ab(actual)  # full resolution: once for both accuracies
             psnr, ssim = image_metrics(actual, ours)
             gray_psnr, gray_ssim = image_metrics(actual, bw)
-            # Mean chroma of the photo: below 1 (of about 128) it has no colour to recover.
-            chroma = float(np.hypot(*np.moveaxis(color.rgb_uint8_to_network(images.resize_rgb(actual, FRAME_SIZE))[1],
-                                                 -1, 0)).mean() * color.AB_SCALE)
             row = {"file": images.display_name(path), "psnr": psnr, "ssim": ssim,
                    "colorfulness": colorfulness(ours), "gray_psnr": gray_psnr, "gray_ssim": gray_ssim,
                    "gt_colorfulness": colorfulness(actual), "frame": frame_statistic(ours),
                    "gt_frame": frame_statistic(actual), "auc": ab_accuracy_auc(true_ab, ours),
                    "gray_auc": ab_accuracy_auc(true_ab, bw),
-                   "gray_truth": bool(chroma < 1.0 or color.is_gray(actual))}
+                   # judged as the cache judges training photos (color.is_gray at the embedder's resolution)
+                   "gray_truth": color.is_gray(images.resize_rgb(actual, colorizer.resolution))}
             rows.append(row)
             items.append({"path": path, "actual": actual, "predicted": ours, "bw": bw, "row": row})
         if on_batch is not None:

@@ -38,7 +38,7 @@ class PhotoColorizer(layers.Layer):
     @staticmethod
     def _scaled_lightness(rgb_int32):
         """uint8-valued int32 RGB (..., 3) -> L scaled (..., 1) float32 in [-1, 1]."""
-        return color.scale_l(116.0 * color.lab_f_of_luminance(rgb_int32, xp=ops) - 16.0, xp=ops)[..., None]
+        return color.network_lightness(rgb_int32, xp=ops)
 
     def _squashed(self, rgb, side: int):
         return ops.cast(resize.squash_uint8(rgb, side, images.REDUCING_GAP), "int32")

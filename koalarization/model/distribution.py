@@ -40,7 +40,6 @@ NEIGHBOURS = 5  # soft encoding: the nearest bins (Zhang 2.1)
 SIGMA = 5.0  # ... weighted by a Gaussian of this width, in ab units; also the prior's smoothing (Zhang 2.2)
 REBALANCE_LAMBDA = 0.5  # mix of the smoothed prior with the uniform distribution (Zhang eq. 4)
 TEMPERATURE = ModelConfig.temperature  # the annealed mean's default, Zhang's 0.38 (2.3)
-PRIOR_FILE = "ab_prior.json"  # beside a run's weights: bins, prior and class weights it was trained with
 
 
 def bins() -> np.ndarray:
@@ -166,7 +165,7 @@ def ab_histogram(photos, chunk: int = 256) -> np.ndarray:
     batches = [photos] if isinstance(photos, np.ndarray) else photos
     for batch in batches:
         for first in range(0, len(batch), chunk):
-            ab = color.unscale_ab(color.rgb_uint8_to_network(batch[first : first + chunk])[1]).reshape(-1, 2)
+            ab = color.unscale_ab(color.network_ab(batch[first : first + chunk])).reshape(-1, 2)
             # the grid is regular: the nearest centre is the rounded cell, when that cell is in the gamut
             cell = np.round(ab / color.AB_BIN_STEP) * color.AB_BIN_STEP
             index = _index_of(cell, centres)

@@ -7,9 +7,10 @@ batch stays a pure function of (seed, epoch, index); the warp is bilinear sampli
 (`warp`: keras.ops.image.affine_transform does the same, but TensorFlow's kernel for it cannot be compiled
 with XLA, so a jit-compiled train step could not hold it); the Lab arithmetic is color.py's, xp=keras.ops.
 
-    build_training_model(cfg, D, fill)
-        {"rgb": uint8 (B, S, S, 3) unwarped, "affine": float32 (B, 2, 2) batches.random_affine's matrices,
-         "embedding": float32 (B, D), "weight": float32 (B, 1, 1)}  ->  ab (B, S, S, 2), or for the
+    build_training_model(cfg, D, S, fill, class_weights)
+        batch_spec(S, D)'s batch {"rgb": uint8 (B, S, S, 3) unwarped, "affine": float32 (B, 2, 2)
+         batches.random_affine's matrices, "embedding": float32 (B, D), "weight": float32 (B, 1, 1)}
+         ->  ab (B, S, S, 2), or for the
         classification head the bins' logits (B, S/2, S/2, Q)
         The loss (WeightedABLoss, or distribution.BinLoss) is added inside the model, so compile with loss=None. The colorizer is
         network.build_colorizer's, a nested layer named "colorizer": checkpoints are the same as inference's.
@@ -79,7 +80,7 @@ def warp(rgb, affine, fill: str = "nearest"):
 @keras.saving.register_keras_serializable(package="koalarization")
 class Preprocess(keras.layers.Layer):
     """(rgb uint8 (B, S, S, 3), affine (B, 2, 2)) -> (L (B, S, S, 1) in [-1, 1], ab (B, S, S, 2) in about
-    [-1, 1]). `fill`: config.FILLS, what pixels from outside the photo get. Always float32: under a
+    [-1, 1]) of the warped photo, rounded to uint8. `fill`: config.FILLS, what pixels from outside the photo get. Always float32: under a
     mixed-precision policy float16 would round L by up to 0.05 (of 100)."""
 
     def __init__(self, fill: str = "nearest", **kwargs):
@@ -88,9 +89,11 @@ class Preprocess(keras.layers.Layer):
         self.fill = fill
 
     def call(self, rgb, affine):
-        x = warp(rgb, affine, self.fill)
-        lab = color.rgb_to_lab(ops.clip(x, 0.0, 255.0) / 255.0, xp=ops)
-        return color.scale_l(lab[..., :1], xp=ops), color.scale_ab(lab[..., 1:], xp=ops)
+        # The warped photo rounded to 8 bits, as every photo the network meets outside training is: L comes
+        # from color.network_lightness, the one maker of the network's L input, and ab from the same pixels.
+        pixels = ops.round(ops.clip(warp(rgb, affine, self.fill), 0.0, 255.0))
+        ab = color.rgb_to_lab(pixels / 255.0, xp=ops)[..., 1:]
+        return color.network_lightness(ops.cast(pixels, "int32"), xp=ops), color.scale_ab(ab)
 
     def compute_output_shape(self, rgb_shape, affine_shape):
         return (*rgb_shape[:-1], 1), (*rgb_shape[:-1], 2)
@@ -118,19 +121,23 @@ class WeightedABLoss(keras.layers.Layer):
         return predicted_shape
 
 
+def batch_spec(size: int, embedding_dim: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The training batch, the one statement of its layout: name -> (shape after the batch axis, dtype).
+    batches.BatchSource makes it, build_training_model takes it, distribute's input pipeline carries it."""
+    return {"rgb": ((size, size, 3), "uint8"),  # the photo squashed to S x S, unwarped
+            "affine": ((2, 2), "float32"),  # batches.random_affine's matrix; the identity: no augmentation
+            "embedding": ((embedding_dim,), "float32"),  # the frozen embedder's features of the photo's gray
+            "weight": ((1, 1), "float32")}  # 1, or 0 for padding: broadcasts over the per-pixel loss
+
+
 def build_training_model(cfg: ModelConfig, embedding_dim: int, size: int, fill: str = "nearest",
                          class_weights=None) -> keras.Model:
     """The colorizer between the in-graph preprocessing and the loss (see the module docstring).
     class_weights: (Q,) the classification loss's rebalancing (distribution.rebalancing_weights), or None."""
-    rgb = keras.Input((size, size, 3), dtype="uint8", name="rgb")
-    affine = keras.Input((2, 2), dtype="float32", name="affine")
-    embedding = keras.Input((embedding_dim,), dtype="float32", name="embedding")
-    weight = keras.Input((1, 1), dtype="float32", name="weight")
-    lightness, target = Preprocess(fill, name="preprocess")(rgb, affine)
-    ab = build_colorizer(cfg, embedding_dim)([lightness, embedding])
-    if cfg.loss == "classification":
-        ab = distribution.BinLoss(class_weights, name="bin_loss")(ab, target, weight)
-    else:
-        ab = WeightedABLoss(name="ab_loss")(ab, target, weight)
-    inputs = {"rgb": rgb, "affine": affine, "embedding": embedding, "weight": weight}
-    return keras.Model(inputs, ab, name="koalarization_training")
+    inputs = {name: keras.Input(shape, dtype=dtype, name=name)
+              for name, (shape, dtype) in batch_spec(size, embedding_dim).items()}
+    lightness, target = Preprocess(fill, name="preprocess")(inputs["rgb"], inputs["affine"])
+    ab = build_colorizer(cfg, embedding_dim)([lightness, inputs["embedding"]])
+    loss = (distribution.BinLoss(class_weights, name="bin_loss") if cfg.loss == "classification"
+            else WeightedABLoss(name="ab_loss"))
+    return keras.Model(inputs, loss(ab, target, inputs["weight"]), name="koalarization_training")

@@ -96,33 +96,31 @@ class ValidationCurve(keras.callbacks.Callback):
 
 class ValidationImages(keras.callbacks.Callback):
     """Logs `count` validation photos each epoch to TensorBoard as bw | predicted | actual strips, predicted
-    by `colorizer` (network.build_colorizer's) from fixed photos, so epochs are comparable:
-    L (B, S, S, 1), embedding (B, D), ab (B, S, S, 2)."""
+    by `colorizer` (network.build_colorizer's) from fixed photos, so epochs are comparable: rgb uint8
+    (B, S, S, 3), embedding (B, D). The gray and predicted panels are `test`'s (colorize.gray_from_lightness
+    and join_lightness, at S x S): what a user would get for the photo at that size."""
 
-    def __init__(self, log_dir: str | Path, colorizer: keras.Model, lightness: np.ndarray, embedding: np.ndarray,
-                 ab: np.ndarray, count: int = 4):
+    def __init__(self, log_dir: str | Path, colorizer: keras.Model, rgb: np.ndarray, embedding: np.ndarray,
+                 count: int = 4):
         super().__init__()
         import tensorflow as tf  # TensorBoard summaries need TensorFlow
 
         self._tf, self.colorizer = tf, colorizer
-        self.lightness, self.embedding, self.ab = lightness[:count], embedding[:count], ab[:count]
+        self.rgb, self.embedding = rgb[:count], embedding[:count]
+        self.lightness = color.network_lightness(self.rgb)
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "images"))
 
     def on_epoch_end(self, epoch, logs=None):
+        from koalarization.inference.colorize import gray_from_lightness, join_lightness
+
         # predict, not predict_on_batch: under a tf.distribute strategy the latter gives one replica's share
         predicted_ab = np.asarray(self.colorizer.predict([self.lightness, self.embedding], verbose=0))
         if predicted_ab.shape[-1] != 2:  # the classification head's logits at half size: its default decoding
             from koalarization.model.distribution import AnnealedMean
 
-            predicted_ab = np.asarray(AnnealedMean()(predicted_ab)).repeat(2, axis=1).repeat(2, axis=2)
-        strips = np.concatenate(
-            [
-                color.gray_rgb_from_l(self.lightness),
-                color.network_to_rgb(self.lightness, predicted_ab),
-                color.network_to_rgb(self.lightness, self.ab),
-            ],
-            axis=2,  # side by side: bw | predicted | actual
-        ).astype(np.float32)
+            predicted_ab = np.asarray(AnnealedMean()(predicted_ab))
+        strips = np.stack([np.concatenate([gray_from_lightness(rgb), join_lightness(rgb, ab), rgb], axis=1)
+                           for rgb, ab in zip(self.rgb, predicted_ab)])  # side by side: bw | predicted | actual
         with self.writer.as_default():
             self._tf.summary.image("validation/bw|predicted|actual", strips, step=epoch, max_outputs=len(strips))
         self.writer.flush()

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 
 from koalarization.errors import KoalarizationError
+from koalarization.model.preprocess import batch_spec
 from koalarization.training.backup import Start
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,10 @@ class Placement:
         views = [source.view(shard=(first + r, count), pad=source.pad, start=source.start) for r in range(local)]
         per_epoch, size = len(source) + source.start, source.image_size
         begin, end = (epochs[0] * per_epoch + source.start, epochs[1] * per_epoch) if train else (0, per_epoch)
-        keys = ("rgb", "affine", "embedding", "weight")  # batches.BatchSource's batch
-        dtypes = (tf.uint8, tf.float32, tf.float32, tf.float32)
-        shapes = ((None, size, size, 3), (None, 2, 2), (None, source.cache.embedding_dim), (None, 1, 1))
+        spec = batch_spec(size, source.cache.embedding_dim)  # batches.BatchSource's batch
+        keys = tuple(spec)
+        dtypes = tuple(tf.as_dtype(dtype) for _, dtype in spec.values())
+        shapes = tuple((None, *shape) for shape, _ in spec.values())
 
         def load(j):  # consecutive elements go to consecutive local replicas
             step, replica = divmod(int(j), len(views))

@@ -31,11 +31,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from koalarization import color, run
+from koalarization import run
 from koalarization.config import OPTIMIZERS, PRECISIONS, RunConfig
 from koalarization.data import cache, images, sources
 from koalarization.data.batches import BatchSource, EpochSetter
-from koalarization.data.split import SPLIT_FILE, Split, make_split
+from koalarization.data.split import Split, make_split
 from koalarization.errors import KoalarizationError
 from koalarization.files import write_text_atomic
 from koalarization.model import distribution
@@ -46,10 +46,6 @@ from koalarization.training.callbacks import CurvesPlot, LearningRateLog, Valida
 
 log = logging.getLogger(__name__)
 
-LOG_FILE = "log.csv"
-CURVES_FILE = "curves.png"
-CURVE_FILE = "curve.csv"
-BACKUP_DIR = "backup"
 
 
 @dataclass
@@ -86,7 +82,7 @@ def photo_cache(cfg: RunConfig, progress: bool = True) -> cache.Cache:
 def _split_for(cfg: RunConfig, output: Path, store: cache.Cache) -> tuple[Split, int]:
     """Reuse the run's split (a resumed run must test on the same held-out photos), else make one."""
     t = cfg.train
-    split_file = output / SPLIT_FILE
+    split_file = output / run.SPLIT_FILE
     usable = store.usable
     skipped = [(p, r) for p, r in store.skipped.items()]
     if split_file.is_file():
@@ -109,7 +105,7 @@ def _split_for(cfg: RunConfig, output: Path, store: cache.Cache) -> tuple[Split,
 
 def _check_resumable(cfg: RunConfig, output: Path) -> bool:
     """True when `output` holds an interrupted run of the same network (BackupAndRestore will resume it)."""
-    if not (output / BACKUP_DIR).is_dir():
+    if not (output / run.BACKUP_DIR).is_dir():
         return False
     saved = output / run.CONFIG_FILE
     if saved.is_file():
@@ -117,7 +113,7 @@ def _check_resumable(cfg: RunConfig, output: Path) -> bool:
         if previous.model != cfg.model:
             raise KoalarizationError(
                 f"output {output} holds an interrupted run of a different network; resume it with the "
-                f"same settings, or choose another output folder (or delete {output / BACKUP_DIR})"
+                f"same settings, or choose another output folder (or delete {output / run.BACKUP_DIR})"
             )
         if previous.train.image_size != cfg.train.image_size:
             raise KoalarizationError(
@@ -129,8 +125,8 @@ def _check_resumable(cfg: RunConfig, output: Path) -> bool:
 
 def build_callbacks(cfg, output, colorizer, batch_sources, val_batch, extra=(), start=backup.Start(), steps=1,
                     chief=True, val_data=None):
-    """The recipe's callbacks. batch_sources: the BatchSources to tell the epoch; val_batch: (L, embedding,
-    ab) photos shown in TensorBoard; start, steps: where this `fit` starts, and batches per epoch; chief:
+    """The recipe's callbacks. batch_sources: the BatchSources to tell the epoch; val_batch: (rgb uint8,
+    embedding) of the photos shown in TensorBoard; start, steps: where this `fit` starts, and batches per epoch; chief:
     False on the other workers of a multi-worker job (no logs); val_data: what `fit` validates on."""
     t = cfg.train
     best = run.ColorizerCheckpoint(
@@ -156,18 +152,18 @@ def build_callbacks(cfg, output, colorizer, batch_sources, val_batch, extra=(), 
     ]
     if chief:  # logs only; on the other workers Keras' TensorBoard also stalled every epoch ~10 s (TF 2.21)
         # After ReduceLROnPlateau, which adds the learning rate to the logs it writes.
-        callbacks.append(keras.callbacks.CSVLogger(str(output / LOG_FILE), append=True))
-        callbacks.append(CurvesPlot(output / LOG_FILE, output / CURVES_FILE))
+        callbacks.append(keras.callbacks.CSVLogger(str(output / run.LOG_FILE), append=True))
+        callbacks.append(CurvesPlot(output / run.LOG_FILE, output / run.CURVES_FILE))
         if keras.backend.backend() == "tensorflow":
-            callbacks.append(keras.callbacks.TensorBoard(str(output / "logs"), write_graph=False))
+            callbacks.append(keras.callbacks.TensorBoard(str(output / run.LOGS_DIR), write_graph=False))
     if keras.backend.backend() == "tensorflow":  # on every worker: its predict is a collective operation
-        callbacks.append(ValidationImages(output / "logs", colorizer, *val_batch))
+        callbacks.append(ValidationImages(output / run.LOGS_DIR, colorizer, *val_batch))
     if t.validate_every_steps:
-        callbacks.append(ValidationCurve(val_data, t.validate_every_steps, output / CURVE_FILE,
+        callbacks.append(ValidationCurve(val_data, t.validate_every_steps, output / run.CURVE_FILE,
                                          t.batch_size, steps, start.epoch * steps + start.batch, write=chief))
     # After the callbacks whose state (and learning rate) it backs up; before `extra`, which may stop the run.
     callbacks.append(backup.StepBackup(
-        output / BACKUP_DIR, steps, t.backup_every_steps, start, (best, early_stopping, reduce_lr), write=chief
+        output / run.BACKUP_DIR, steps, t.backup_every_steps, start, (best, early_stopping, reduce_lr), write=chief
     ))
     return callbacks + list(extra)
 
@@ -210,10 +206,7 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
     `strategy`: a tf.distribute strategy instead of the one `gpus` and TF_CONFIG choose (distribute.py)."""
     t = cfg.train
     place = distribute.placement(t.gpus, strategy)  # first: MultiWorkerMirroredStrategy must precede TF work
-    output = place.run_dir(Path(t.output))  # --output on the chief, a temporary folder on other workers
-    output.mkdir(parents=True, exist_ok=True)
-    for partial in [*output.glob(".*.tmp*"), *(output / BACKUP_DIR).glob(".*.tmp*")]:
-        partial.unlink()  # io.atomic_path's file of a killed run: never renamed, never read
+    output = _output_folder(place, t.output)
     resuming = _check_resumable(cfg, output)
     source = run.TrainedRun.named(t.init_from) if t.init_from and not resuming else None
     if source is not None and not source.weights.is_file():  # before hours of caching
@@ -225,40 +218,68 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
 
     class_weights = class_weights_for(cfg, output, store, split) if cfg.model.loss == "classification" else None
     keras.utils.set_random_seed(t.seed)
-    steps_per_epoch = math.ceil(len(split.train) / t.batch_size)
+    train_source = BatchSource(store, split.train, t.batch_size, seed=t.seed, augment=t.augment, workers=t.workers)
+    val_source = BatchSource(store, split.val, t.batch_size, seed=t.seed, shuffle=False, workers=t.workers)
     with place.scope(), precision_policy(t.precision):
         model = build_training_model(cfg.model, store.embedding_dim, t.image_size, t.augment.fill, class_weights)
-        model.compile(optimizer=make_optimizer(t.optimizer, learning_rate(cfg, steps_per_epoch)), loss=None,
+        model.compile(optimizer=make_optimizer(t.optimizer, learning_rate(cfg, len(train_source))), loss=None,
                       jit_compile=t.jit_compile)
         model.optimizer.build(model.trainable_variables)  # backups hold the optimizer's variables too
-    if source is not None:  # a resumed run has its own weights in its backup
-        copied, left = run.load_matching(colorizer_of(model), source)
-        log.info("init_from %s: %d layers copied%s", t.init_from, len(copied),
-                 f", {len(left)} left as initialised ({', '.join(left)})" if left else "")
+    start = _starting_state(model, place, output, split, source, resuming)
 
-    # Weights, optimizer (learning rate included), position and callback state; every worker takes the chief's.
-    start = backup.restore(model, output / BACKUP_DIR) if resuming else backup.Start()
+    history, cbs = _fit(cfg, model, place, output, train_source, val_source, start, callbacks, verbose)
+    shutil.rmtree(output / run.BACKUP_DIR, ignore_errors=True)  # the run is complete
+    place.release(output)
+    losses = history.history.get("loss", [])
+    _raise_if_diverged(losses, next(cb.diverged for cb in cbs if isinstance(cb, backup.StepBackup)), output)
+    best_epoch, best_loss = best_in_log(output / run.LOG_FILE)
+    # NaN and divergence were raised above, so a stop is EarlyStopping's
+    return TrainResult(history, Path(t.output), len(losses), skipped, best_epoch, best_loss,
+                       stopped_early=bool(model.stop_training))
+
+
+def _output_folder(place, output: str) -> Path:
+    """The run folder (--output on the chief, a temporary folder on other workers), without the partial
+    files of a killed run (io.atomic_path's: never renamed, never read)."""
+    folder = place.run_dir(Path(output))
+    folder.mkdir(parents=True, exist_ok=True)
+    for partial in [*folder.glob(".*.tmp*"), *(folder / run.BACKUP_DIR).glob(".*.tmp*")]:
+        partial.unlink()
+    return folder
+
+
+def _starting_state(model, place, output: Path, split: Split, source, resuming: bool) -> backup.Start:
+    """Where training starts: `source`'s matching layers copied in (--init-from), or an interrupted run's
+    weights, optimizer (learning rate included), position and callback state from its backup; every worker
+    then takes the chief's."""
+    if source is not None:
+        copied, left = run.load_matching(colorizer_of(model), source)
+        log.info("init_from %s: %d layers copied%s", source.weights, len(copied),
+                 f", {len(left)} left as initialised ({', '.join(left)})" if left else "")
+    start = backup.restore(model, output / run.BACKUP_DIR) if resuming else backup.Start()
     photos = b"\n".join(os.fsencode(p.relative_to(split.root)) for p in split.train + split.val)
     trained = colorizer_of(model).variables + model.optimizer.variables
     start = place.sync(trained, start, hashlib.sha256(photos).hexdigest())
     if resuming:
-        backup.trim_log(output / LOG_FILE, start.epoch)
+        backup.trim_log(output / run.LOG_FILE, start.epoch)
         log.info("resuming the interrupted run in %s at epoch %d, batch %d", output, start.epoch, start.batch)
+    return start
 
-    train_source = BatchSource(store, split.train, t.batch_size, seed=t.seed, augment=t.augment, workers=t.workers)
-    val_source = BatchSource(store, split.val, t.batch_size, seed=t.seed, shuffle=False, workers=t.workers)
+
+def _fit(cfg, model, place, output, train_source, val_source, start, callbacks, verbose):
+    """Keras' fit, once per segment: the rest of an interrupted epoch, then the other epochs
+    (backup.segments). -> (the history of all segments, the last segment's callbacks)."""
+    t = cfg.train
     shown = val_source[0][0]  # TensorBoard's photos: validation photos are not augmented
-    val_batch = (color.rgb_uint8_to_network(shown["rgb"])[0], shown["embedding"],
-                 color.rgb_uint8_to_network(shown["rgb"])[1])
     merged: dict[str, list] = {}
-    # One `fit` per segment: the rest of an interrupted epoch, then the other epochs (backup.segments).
     for first, skip in backup.segments(start, t.epochs):
         last = first + 1 if skip else t.epochs
         # Distributed: full batches (weight-0 padding), so every replica computes the same number of photos.
         train_data, train_views = place.feed(train_source.view(pad=place.replicas > 1, start=skip), (first, last))
         val_data, val_views = place.feed(val_source)
-        cbs = build_callbacks(cfg, output, colorizer_of(model), train_views + val_views, val_batch,
-                              callbacks, start, len(train_source), place.cluster.is_chief, val_data)
+        cbs = build_callbacks(cfg, output, colorizer_of(model), train_views + val_views,
+                              (shown["rgb"], shown["embedding"]), callbacks, start, len(train_source),
+                              place.cluster.is_chief, val_data)
         # shuffle=False: the source shuffles per (seed, epoch); Keras would also reorder a PyDataset's batches
         # with Python's global random state, which a resumed run cannot reproduce.
         history = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=last, shuffle=False,
@@ -269,12 +290,11 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
         start = next(cb.last for cb in cbs if isinstance(cb, backup.StepBackup))
         if model.stop_training:
             break
-    shutil.rmtree(output / BACKUP_DIR, ignore_errors=True)  # the run is complete
-    place.release(output)
     history.history = merged
+    return history, cbs
 
-    losses = history.history.get("loss", [])
-    diverged = next(cb.diverged for cb in cbs if isinstance(cb, backup.StepBackup))
+
+def _raise_if_diverged(losses: list[float], diverged: bool, output: Path) -> None:
     if diverged or (losses and not math.isfinite(losses[-1])):
         best = output / run.WEIGHTS_FILE  # AtomicWeightsSaver never writes non-finite weights
         kept = (f"the best weights so far are in {best}" if best.is_file()
@@ -282,10 +302,6 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
         what = (f"the loss became {losses[-1]}" if losses and not math.isfinite(losses[-1])
                 else "the weights became NaN or infinite")
         raise KoalarizationError(f"training stopped: {what}; {kept}; try a lower learning_rate")
-    best_epoch, best_loss = best_in_log(output / LOG_FILE)
-    # NaN and divergence were raised above, so a stop is EarlyStopping's
-    return TrainResult(history, Path(t.output), len(losses), skipped, best_epoch, best_loss,
-                       stopped_early=bool(model.stop_training))
 
 
 PRIOR_PHOTOS = 20_000  # training photos the ab prior is counted on: 82 M pixels at 64 px, for 261 bins
@@ -294,7 +310,7 @@ PRIOR_PHOTOS = 20_000  # training photos the ab prior is counted on: 82 M pixels
 def class_weights_for(cfg: RunConfig, output: Path, store: cache.Cache, split: Split) -> np.ndarray:
     """The classification loss's class weights: the run's ab_prior.json when it has one (a resumed run),
     else counted now on up to PRIOR_PHOTOS of its training photos (a seeded sample) and written there."""
-    path = output / distribution.PRIOR_FILE
+    path = output / run.PRIOR_FILE
     if path.is_file():
         body = distribution.read_prior(path)
         if body["rebalance"] == cfg.train.rebalance:

@@ -280,6 +280,75 @@ def create_app(runs: list, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels:
     busy = threading.BoundedSemaphore(max_running)
     app = FastAPI(title="Koalarization", summary="Colorize photos at their full resolution.",
                   docs_url=None, redoc_url=None)
+    _add_page_and_docs(app)
+
+    @app.get("/api/health")
+    async def health() -> Health:
+        # async: answered on the event loop even while every worker thread is busy with photos.
+        return Health(status="ok", max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                      max_saturation=MAX_SATURATION,
+                      formats=list(MEDIA_TYPES),
+                      models=[ModelInfo(index=i, label=labels[i], embedder=c.config.model.embedder,
+                                        image_size=c.size, loss=c.config.model.loss, temperature=c.temperature())
+                              for i, c in enumerate(colorizers)])
+
+    last = len(colorizers) - 1
+    models = ", ".join(f"{i} = {label}" for i, label in enumerate(labels))
+
+    @app.post("/api/colorize", response_class=Response, openapi_extra=_upload_doc(last),
+              **_colorize_doc(models, max_upload_bytes, max_pixels, max_uploading, max_running, max_waiting))
+    async def colorize(
+        request: Request,
+        saturation: float = Query(1.0, ge=0.0, le=MAX_SATURATION, description="0 gray, 1 as predicted"),
+        temperature: float | None = Query(None, gt=0.0, le=MAX_TEMPERATURE,
+                                          description="models with loss 'classification' only: 1 = the mean "
+                                                      "colour (pale), smaller = more vivid; default the model's"),
+        model: int = Query(0, ge=0, le=last, description=f"index of the model: {models}"),
+        format: Format = Query("png"),  # noqa: A002 - the API's name
+    ):
+        # The body first, at most max_uploading at once and within read_body's deadline: a slow client holds
+        # an upload place for seconds, never a work slot.
+        if not uploading.acquire(blocking=False):
+            raise HTTPException(503, f"busy: {max_uploading} uploads are being received; send again in "
+                                     f"{RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            data, name, fields = await read_upload(request, max_upload_bytes)
+        finally:
+            uploading.release()
+        options = _with_form_fields({"saturation": saturation, "temperature": temperature, "model": model,
+                                     "format": format}, fields, last)
+        chosen = colorizers[options["model"]]
+        try:
+            chosen.temperature(options["temperature"])  # MSE weights have none: 422 before any work
+        except KoalarizationError as err:
+            raise HTTPException(422, f"model {options['model']} ({labels[options['model']]}): {err}") from None
+
+        def work() -> tuple[bytes, str | None]:
+            with busy:  # bounds memory: each photo in flight needs ~25 bytes per pixel
+                rgb, note = decode_upload(data, name, max_pixels)
+                return encode(chosen.colorize(rgb, options["saturation"], options["temperature"]),
+                              options["format"]), note
+
+        if not admitted.acquire(blocking=False):
+            raise HTTPException(503, f"busy: {max_running} photos are being colorized and {max_waiting} more "
+                                     f"are waiting; send again in {RETRY_AFTER_S} s",
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            body, note = await run_in_threadpool(work)
+        finally:
+            admitted.release()
+        # Two models' results of one photo must not get the same file name.
+        label = labels[options["model"]] if len(colorizers) > 1 else None
+        headers = {"Content-Disposition": _disposition(name, label, options["format"])}
+        if note:  # an animated or multi-page file: say which frame the answer is
+            headers[FRAME_HEADER] = note
+        return Response(body, media_type=MEDIA_TYPES[options["format"]], headers=headers)
+
+    return app
+
+
+def _add_page_and_docs(app: FastAPI) -> None:
+    """The page, the OpenAPI docs (served from here: no CDN), their files, and one-line validation errors."""
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/swagger-ui", StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
 
@@ -302,22 +371,10 @@ def create_app(runs: list, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels:
             swagger_favicon_url="/static/favicon.svg",
             swagger_ui_parameters={"validatorUrl": None})  # the default validator is a remote service
 
-    @app.get("/api/health")
-    async def health() -> Health:
-        # async: answered on the event loop even while every worker thread is busy with photos.
-        return Health(status="ok", max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-                      max_saturation=MAX_SATURATION,
-                      formats=list(MEDIA_TYPES),
-                      models=[ModelInfo(index=i, label=labels[i], embedder=c.config.model.embedder,
-                                        image_size=c.size, loss=c.config.model.loss, temperature=c.temperature())
-                              for i, c in enumerate(colorizers)])
 
-    last = len(colorizers) - 1
-    # The form fields obey the same bounds as the query parameters (a field overrides its parameter).
-    form_types = {"saturation": TypeAdapter(Annotated[float, Field(ge=0.0, le=MAX_SATURATION)]),
-                  "temperature": TypeAdapter(Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE)]),
-                  "model": TypeAdapter(Annotated[int, Field(ge=0, le=last)]), "format": TypeAdapter(Format)}
-    models = ", ".join(f"{i} = {label}" for i, label in enumerate(labels))
+def _colorize_doc(models: str, max_upload_bytes: int, max_pixels: int, max_uploading: int, max_running: int,
+                  max_waiting: int) -> dict:
+    """POST /api/colorize's description and answers, for the OpenAPI page."""
     limits = (f"The photo: {FORMATS}, at most {megabytes(max_upload_bytes)} and {pixel_count(max_pixels)} "
               f"pixels. Send it as the multipart/form-data file field `image` (form fields `saturation`, "
               f"`temperature`, `model` and `format` override the query parameters of the same names) or as the "
@@ -326,77 +383,41 @@ def create_app(runs: list, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels:
               f"{UPLOAD_GRACE_S:g} s are answered 408. At most {max_uploading} uploads are received, "
               f"{max_running} photos colorized and {max_waiting} more wait at once; past that the answer is 503 "
               f"with Retry-After.")
+    ok = {"content": {t: {} for t in MEDIA_TYPES.values()},
+          "description": "the colorized photo, same size as the upload (its first frame for an animated or "
+                         f"multi-page file, said in {FRAME_HEADER})",
+          "headers": {FRAME_HEADER: {"description": "'frame 1 of N': the upload held N frames and the first was "
+                                                    "colorized", "schema": {"type": "string"}}}}
+    return {"description": limits, "responses": {200: ok, **_error_responses({
+        400: "malformed multipart upload, or the client disconnected mid-upload",
+        408: f"upload too slow: under {megabytes(MIN_UPLOAD_RATE)}/s after the first {UPLOAD_GRACE_S:g} s",
+        413: f"upload over {megabytes(max_upload_bytes)} or photo over {pixel_count(max_pixels)} pixels "
+             "(decompression bombs included)",
+        415: f"not an image ({FORMATS})",
+        422: "a broken image, or a parameter out of range",
+        503: "busy: too many photos in flight; send again after Retry-After seconds"})}}
 
-    @app.post("/api/colorize", response_class=Response, openapi_extra=_upload_doc(last), description=limits,
-              responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()},
-                               "description": "the colorized photo, same size as the upload (its first frame "
-                                              f"for an animated or multi-page file, said in {FRAME_HEADER})",
-                               "headers": {FRAME_HEADER: {"description": "'frame 1 of N': the upload held N "
-                                                                         "frames and the first was colorized",
-                                                          "schema": {"type": "string"}}}},
-                         **_error_responses({
-                             400: "malformed multipart upload, or the client disconnected mid-upload",
-                             408: f"upload too slow: under {megabytes(MIN_UPLOAD_RATE)}/s after the first "
-                                  f"{UPLOAD_GRACE_S:g} s",
-                             413: f"upload over {megabytes(max_upload_bytes)} or photo over "
-                                  f"{pixel_count(max_pixels)} pixels (decompression bombs included)",
-                             415: f"not an image ({FORMATS})",
-                             422: "a broken image, or a parameter out of range",
-                             503: "busy: too many photos in flight; send again after Retry-After seconds"})})
-    async def colorize(
-        request: Request,
-        saturation: float = Query(1.0, ge=0.0, le=MAX_SATURATION, description="0 gray, 1 as predicted"),
-        temperature: float | None = Query(None, gt=0.0, le=MAX_TEMPERATURE,
-                                          description="models with loss 'classification' only: 1 = the mean "
-                                                      "colour (pale), smaller = more vivid; default the model's"),
-        model: int = Query(0, ge=0, le=last, description=f"index of the model: {models}"),
-        format: Format = Query("png"),  # noqa: A002 - the API's name
-    ):
-        # The body first, at most max_uploading at once and within read_body's deadline: a slow client holds
-        # an upload place for seconds, never a work slot.
-        if not uploading.acquire(blocking=False):
-            raise HTTPException(503, f"busy: {max_uploading} uploads are being received; send again in "
-                                     f"{RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+def _with_form_fields(options: dict, fields: dict[str, str], last_model: int) -> dict:
+    """The query parameters `options` with the form fields of the same names instead, checked to the same
+    bounds (422 naming the field)."""
+    types = {"saturation": TypeAdapter(Annotated[float, Field(ge=0.0, le=MAX_SATURATION)]),
+             "temperature": TypeAdapter(Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE)]),
+             "model": TypeAdapter(Annotated[int, Field(ge=0, le=last_model)]), "format": TypeAdapter(Format)}
+    options = dict(options)
+    for key in [key for key in options if key in fields]:
         try:
-            data, name, fields = await read_upload(request, max_upload_bytes)
-        finally:
-            uploading.release()
-        options = {"saturation": saturation, "temperature": temperature, "model": model, "format": format}
-        for key in [key for key in options if key in fields]:  # a form field overrides the query parameter
-            try:
-                options[key] = form_types[key].validate_python(fields[key])
-            except ValidationError as err:
-                raise HTTPException(422, _one_line(err.errors(), key)) from None
-        chosen = colorizers[options["model"]]
-        try:
-            chosen.temperature(options["temperature"])  # MSE weights have none: 422 before any work
-        except KoalarizationError as err:
-            raise HTTPException(422, f"model {options['model']} ({labels[options['model']]}): {err}") from None
+            options[key] = types[key].validate_python(fields[key])
+        except ValidationError as err:
+            raise HTTPException(422, _one_line(err.errors(), key)) from None
+    return options
 
-        def work() -> tuple[bytes, str | None]:
-            with busy:  # bounds memory: each photo in flight needs ~25 bytes per pixel
-                rgb, note = decode_upload(data, name, max_pixels)
-                return encode(chosen.colorize(rgb, options["saturation"], options["temperature"]),
-                              options["format"]), note
 
-        if not admitted.acquire(blocking=False):
-            raise HTTPException(503, f"busy: {max_running} photos are being colorized and {max_waiting} more "
-                                     f"are waiting; send again in {RETRY_AFTER_S} s",
-                                headers={"Retry-After": str(RETRY_AFTER_S)})
-        try:
-            body, note = await run_in_threadpool(work)
-        finally:
-            admitted.release()
-        stem = _file_name(Path(name).stem)[:80] or "photo"
-        # Two models' results of one photo must not get the same file name.
-        label = "-" + _file_name(labels[options["model"]]) if len(colorizers) > 1 else ""
-        extension = "jpg" if options["format"] == "jpeg" else "png"
-        headers = {"Content-Disposition": f'inline; filename="{stem}-colorized{label}.{extension}"'}
-        if note:  # an animated or multi-page file: say which frame the answer is
-            headers[FRAME_HEADER] = note
-        return Response(body, media_type=MEDIA_TYPES[options["format"]], headers=headers)
-
-    return app
+def _disposition(upload_name: str, label: str | None, fmt: str) -> str:
+    """Content-Disposition of an answer: the upload's name, '-colorized', the model's label if given."""
+    stem = _file_name(Path(upload_name).stem)[:80] or "photo"
+    label = "-" + _file_name(label) if label else ""
+    return f'inline; filename="{stem}-colorized{label}.{"jpg" if fmt == "jpeg" else "png"}"'
 
 
 def _upload_doc(last_model: int) -> dict:
