@@ -25,6 +25,7 @@ abandoned upload, 408 an upload too slow, 413 body or pixels over the limit (dec
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import re
@@ -398,12 +399,18 @@ def _colorize_doc(models: str, max_upload_bytes: int, max_pixels: int, max_uploa
         503: "busy: too many photos in flight; send again after Retry-After seconds"})}}
 
 
+@functools.cache
+def _form_types(last_model: int) -> dict[str, TypeAdapter]:
+    """The form fields' validators, the query parameters' bounds (built once: a TypeAdapter is not cheap)."""
+    return {"saturation": TypeAdapter(Annotated[float, Field(ge=0.0, le=MAX_SATURATION)]),
+            "temperature": TypeAdapter(Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE)]),
+            "model": TypeAdapter(Annotated[int, Field(ge=0, le=last_model)]), "format": TypeAdapter(Format)}
+
+
 def _with_form_fields(options: dict, fields: dict[str, str], last_model: int) -> dict:
     """The query parameters `options` with the form fields of the same names instead, checked to the same
     bounds (422 naming the field)."""
-    types = {"saturation": TypeAdapter(Annotated[float, Field(ge=0.0, le=MAX_SATURATION)]),
-             "temperature": TypeAdapter(Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE)]),
-             "model": TypeAdapter(Annotated[int, Field(ge=0, le=last_model)]), "format": TypeAdapter(Format)}
+    types = _form_types(last_model)
     options = dict(options)
     for key in [key for key in options if key in fields]:
         try:
