@@ -122,23 +122,31 @@ _LINEAR_OF_UINT8 = srgb_to_linear(np.arange(256) / 255.0).astype(np.float32)
 _XYZ_OVER_WHITE = (XYZ_FROM_RGB / WHITE_D65[:, None]).T.astype(np.float32)
 
 
-def _lab_f(t: np.ndarray) -> np.ndarray:
-    """The Lab non-linearity in float32 (power: NumPy's cbrt is not vectorised, and took twice as long)."""
-    cube_root = np.power(np.maximum(t, np.float32(_LAB_EPSILON)), np.float32(1.0 / 3.0))
-    return np.where(t > _LAB_EPSILON, cube_root, np.float32(_LAB_KAPPA) * t + np.float32(_LAB_OFFSET))
+def _fast_power(x, exponent: float, xp):
+    """x ** exponent for x > 0 (the callers keep x away from 0)."""
+    if xp is np:
+        return np.power(x, np.float32(exponent))
+    return xp.exp(xp.log(x) * exponent)
 
 
-def network_ab(rgb_uint8: np.ndarray) -> np.ndarray:
+def _table(values: np.ndarray, xp):
+    return values if xp is np else xp.convert_to_tensor(values)
+
+
+def network_ab(rgb_uint8, xp=np):
     """uint8 RGB (..., H, W, 3) -> ab scaled (..., H, W, 2) float32: the photo's own colour, as the network
-    predicts it (the targets of the metrics, the bins' prior, the gamut's bins).
+    predicts it (training's targets, the metrics', the bins' prior, the gamut's bins), made here only.
 
     rgb_to_lab's arithmetic for uint8 input, in float32 with a table for the sRGB curve: several times
     faster than float64 powers and equal to scikit-image within float32 precision (tests/test_color.py).
+    In keras.ops the pixels must be int32, as for network_lightness.
     """
-    f = _lab_f(_LINEAR_OF_UINT8[rgb_uint8] @ _XYZ_OVER_WHITE)
+    linear = xp.take(_table(_LINEAR_OF_UINT8, xp), rgb_uint8)
+    t = xp.matmul(linear, _table(_XYZ_OVER_WHITE, xp))
+    f = xp.where(t > _LAB_EPSILON, _fast_power(xp.maximum(t, _LAB_EPSILON), 1.0 / 3.0, xp),
+                 _LAB_KAPPA * t + _LAB_OFFSET)
     fx, fy, fz = f[..., 0:1], f[..., 1:2], f[..., 2:3]
-    ab = scale_ab(np.concatenate([np.float32(500.0) * (fx - fy), np.float32(200.0) * (fy - fz)], axis=-1))
-    return ab.astype(np.float32, copy=False)
+    return scale_ab(xp.concatenate([500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1))
 
 
 def network_lightness(rgb_uint8, xp=np):
@@ -176,17 +184,6 @@ def gray_rgb_from_l(l_scaled, xp=np):
 #   RGB is inside (0, 1) exactly when sRGB is, and gamut fitting needs no power at all.
 _Y_FROM_LINEAR = _XYZ_OVER_WHITE[:, 1]
 _LINEAR_FROM_XYZ_F = (RGB_FROM_XYZ * WHITE_D65[None, :]).astype(np.float32)  # the white point folded in
-
-
-def _fast_power(x, exponent: float, xp):
-    """x ** exponent for x > 0 (the callers keep x away from 0)."""
-    if xp is np:
-        return np.power(x, np.float32(exponent))
-    return xp.exp(xp.log(x) * exponent)
-
-
-def _table(values: np.ndarray, xp):
-    return values if xp is np else xp.convert_to_tensor(values)
 
 
 def lab_f_of_luminance(rgb_uint8, xp=np):

@@ -28,6 +28,13 @@ COLORIZE_OUT = "colorized"  # `colorize` without --out writes here, in the worki
 # `export` without --out writes here, in the working folder
 EXPORT_OUT = {"savedmodel": "exported/koalarization-savedmodel", "onnx": "exported/koalarization.onnx"}
 MAX_SATURATION = 4.0  # colorize's saturation: 0 gray, 1 as predicted; the CLI, API and page take 0..4
+# The other commands' defaults: their functions and their flags both read these.
+TEST_OUT = "model_output/test"  # `test` without --output writes here
+TEST_BATCH, COLORIZE_BATCH = 16, 8  # photos per network call in `test` and in `colorize`
+GRID_ROWS = 8  # photos in test's grid.png
+SERVE_HOST, SERVE_PORT = "127.0.0.1", 8000  # `serve`: this machine only
+EMBEDDER_CHECK_LIMIT = 250  # `check-embedder`: the first N photos by file name
+LATENCY_RUNS, LATENCY_MEGAPIXELS = 5, (1.0, 12.0)  # `benchmark-colorize`: timed runs per size, photo sizes
 
 # docs/reference.md, "The network": encoder 64 s2 . 128 . 128 s2 . 256 . 256 s2 . 512 . 512 . 256
 REFERENCE_ENCODER = ((64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 1), (256, 1))

@@ -26,9 +26,18 @@ def _figure(rows: int, cols: int, size: tuple[float, float]):
     return fig, fig.subplots(rows, cols, squeeze=False)
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
+    return path
+
+
+def _decorate(ax, legend: bool = True) -> None:
+    """The look every curve shares: a light grid, and the legend where there are several lines."""
+    if legend:
+        ax.legend()
+    ax.grid(alpha=0.3)
 
 
 def read_log(log_csv: str | Path) -> dict[str, list[float]]:
@@ -49,15 +58,12 @@ def plot_curves(log_csv: str | Path, out_png: str | Path) -> Path:
         if key in log:
             loss_ax.plot(epochs, log[key], style, markersize=3, label=key)
     loss_ax.set(xlabel="epoch", ylabel="loss (MSE on ab, or cross-entropy over ab bins)", yscale="log", title="loss")
-    loss_ax.legend()
-    loss_ax.grid(alpha=0.3)
+    _decorate(loss_ax)
     if "learning_rate" in log:
         lr_ax.plot(epochs, log["learning_rate"], "-o", markersize=3, color="tab:green")
     lr_ax.set(xlabel="epoch", ylabel="learning rate", yscale="log", title="learning rate")
-    lr_ax.grid(alpha=0.3)
-    out_png = Path(out_png)
-    _save(fig, out_png)
-    return out_png
+    _decorate(lr_ax, legend=False)
+    return _save(fig, out_png)
 
 
 def plot_validation_curve(curve_csv: str | Path, out_png: str | Path, baseline: float | None = None) -> Path:
@@ -70,11 +76,8 @@ def plot_validation_curve(curve_csv: str | Path, out_png: str | Path, baseline: 
     if baseline is not None:
         ax.axhline(baseline, linestyle="--", color="gray", label="gray baseline")
     ax.set(xlabel="training photos seen", ylabel="validation loss", title="validation loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    out_png = Path(out_png)
-    _save(fig, out_png)
-    return out_png
+    _decorate(ax)
+    return _save(fig, out_png)
 
 
 def plot_grid(rows: list[dict], out_png: str | Path) -> Path:
@@ -94,6 +97,4 @@ def plot_grid(rows: list[dict], out_png: str | Path) -> Path:
                 ax.set_title(column)
         axes[r][0].set_ylabel(str(row["name"])[:28], fontsize=8)
         axes[r][1].set_xlabel(f"PSNR {row['psnr']:.2f} dB (gray {row['gray_psnr']:.2f} dB)", fontsize=8)
-    out_png = Path(out_png)
-    _save(fig, out_png)
-    return out_png
+    return _save(fig, out_png)

@@ -44,6 +44,11 @@ STAMP = "koalarization_model"  # HDF5 attribute: the ModelConfig as JSON
 SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / WEIGHTS_FILE
 
 
+def _beside_weights(name: str) -> property:
+    """A file of the run folder, read as an attribute: run.config_file is the folder's CONFIG_FILE."""
+    return property(lambda run: run.weights.parent / name, doc=f"the run's {name}")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainedRun:
     """A run folder, named by its weights file (config.json and split.json lie beside it)."""
@@ -68,17 +73,9 @@ class TrainedRun:
     def folder(self) -> Path:
         return self.weights.parent
 
-    @property
-    def config_file(self) -> Path:
-        return self.folder / CONFIG_FILE
-
-    @property
-    def split_file(self) -> Path:
-        return self.folder / SPLIT_FILE
-
-    @property
-    def prior_file(self) -> Path:
-        return self.folder / PRIOR_FILE
+    config_file = _beside_weights(CONFIG_FILE)
+    split_file = _beside_weights(SPLIT_FILE)
+    prior_file = _beside_weights(PRIOR_FILE)
 
     @property
     def shipped(self) -> bool:

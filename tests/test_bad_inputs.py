@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 
 from koalarization.cli import main
-from koalarization.data import images
+from koalarization.data import images, outputs
 from koalarization.errors import KoalarizationError
 from koalarization.inference import evaluate
 
@@ -591,14 +591,14 @@ def test_a_failure_at_the_end_of_test_keeps_every_photos_results(three_photos, w
 
 
 def test_a_failure_in_mid_run_keeps_the_rows_of_the_batches_done(three_photos, weights, tmp_path, monkeypatch):
-    save = images.save_png_atomic
+    save = outputs.save_png_atomic
 
     def full_disk_at_p2(rgb, path, **kwargs):
         if path.name == "p2.png":
             raise KoalarizationError(f"{path.parent}: cannot write {path.name} (No space left)")
         save(rgb, path, **kwargs)
 
-    monkeypatch.setattr(images, "save_png_atomic", full_disk_at_p2)
+    monkeypatch.setattr(outputs, "save_png_atomic", full_disk_at_p2)
     status, _, err, _ = run(["test", "--data", str(three_photos), "--weights", str(weights), "--output",
                              str(tmp_path / "out"), "--batch-size", "2"])
     assert_one_error_line(status, err, "cannot write p2.png")

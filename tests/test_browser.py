@@ -126,7 +126,7 @@ def test_page_colorizes_adjusts_saturation_and_downloads(server, browser, models
     page.goto(server)
     page.wait_for_selector("body[data-ready=true]")
     expect(page.locator("#limits")).to_have_text(
-        "JPEG, PNG, WebP, TIFF or BMP; up to 32 MB and 40 million pixels per photo")
+        "JPEG, PNG, WebP, TIFF or BMP; up to 32 MB and 89.5 million pixels per photo")
 
     page.set_input_files("#file-input", str(photo))  # the file picker
     expect(ready_results(page)).to_have_count(2)

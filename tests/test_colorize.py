@@ -14,7 +14,7 @@ from skimage import color as skcolor
 
 from koalarization.bench.latency import STAGES
 from koalarization.cli import main
-from koalarization.data import images
+from koalarization.data import images, outputs
 from koalarization.errors import KoalarizationError
 from koalarization.inference import colorize as colorize_module
 from koalarization.inference.colorize import Colorizer, UpsampledAB, colorize_files, expand_inputs, join_lightness
@@ -267,7 +267,7 @@ def test_a_photo_of_several_chunks_matches_skimage(monkeypatch):
 def test_colorized_png_files_hold_exactly_the_colorized_pixels(colorizer, tmp_path):
     photo = synthetic_photo(9, size=(123, 77))
     out = colorizer.colorize(photo)
-    images.save_png_atomic(out, tmp_path / "out.png")
+    outputs.save_png_atomic(out, tmp_path / "out.png")
     with Image.open(tmp_path / "out.png") as written:
         assert written.format == "PNG" and written.mode == "RGB"
         assert np.array_equal(np.asarray(written), out)

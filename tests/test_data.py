@@ -12,7 +12,7 @@ from PIL import Image
 
 from koalarization import color
 from koalarization.config import AugmentConfig
-from koalarization.data import cache, images, sources
+from koalarization.data import cache, images, sources, squash
 from koalarization.data.batches import BatchSource
 from koalarization.data.split import Split, make_split
 from koalarization.errors import KoalarizationError
@@ -68,11 +68,11 @@ def test_cache_holds_each_photo_and_its_embedding_from_the_full_photo(photo_dir,
     path = files[3]
     row = store.row_of(path)
     rgb = images.load_rgb(path)
-    np.testing.assert_array_equal(store.photo(row), images.resize_rgb(rgb, 32))
+    np.testing.assert_array_equal(store.photo(row), squash.resize_rgb(rgb, 32))
     # the embedder saw the full photo's gray at its own resolution (tiny_random: 32 px), not the S x S photo
     from koalarization.model.embedders import build_embedder
 
-    seen = color.network_lightness(images.resize_rgb(rgb, 32))[None]
+    seen = color.network_lightness(squash.resize_rgb(rgb, 32))[None]
     expected = build_embedder("tiny_random").predict_on_batch(seen)[0]
     np.testing.assert_allclose(store.embedding(row), expected, atol=1e-6)
     assert store.embedding(row).shape == (store.embedding_dim,) == (1000,)
@@ -142,7 +142,7 @@ def test_an_interrupted_cache_build_resumes_at_its_first_unfinished_shard(photo_
     store = build_cache(files, folder, shard_size=3)
     assert sorted(decoded) == files[3:]  # the finished shard was not decoded again
     assert store.usable == files
-    np.testing.assert_array_equal(store.photo(7), images.resize_rgb(images.load_rgb(files[7]), 32))
+    np.testing.assert_array_equal(store.photo(7), squash.resize_rgb(images.load_rgb(files[7]), 32))
     with pytest.raises(KoalarizationError, match="holds the cache of other photos or settings"):
         build_cache(files, folder, size=40, shard_size=3)
 

@@ -12,7 +12,7 @@ if keras.backend.backend() != "jax":
 from skimage import color as skcolor  # noqa: E402
 
 from koalarization import color  # noqa: E402
-from koalarization.data import images  # noqa: E402
+from koalarization.data import images, squash  # noqa: E402
 from koalarization.model.preprocess import Preprocess  # noqa: E402
 
 from conftest import REPO  # noqa: E402
@@ -28,7 +28,7 @@ def test_overfits_two_photos_on_jax():
 def test_in_graph_preprocessing_is_the_photos_lab():
     """Preprocess with the identity warp (a jax.Array out) equals scikit-image's Lab of the photo, scaled
     as the network sees it: L/50 - 1, ab/128."""
-    rgb = np.stack([images.resize_rgb(images.load_rgb(REPO / "data" / f"{n}.jpg"), 64) for n in ("coffee", "rocket")])
+    rgb = np.stack([squash.resize_rgb(images.load_rgb(REPO / "data" / f"{n}.jpg"), 64) for n in ("coffee", "rocket")])
     lightness, ab = Preprocess()(rgb, np.tile(np.eye(2, dtype=np.float32), (2, 1, 1)))
     assert type(lightness).__module__.startswith("jax")  # computed by JAX, not by NumPy
     lab = skcolor.rgb2lab(rgb)

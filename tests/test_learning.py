@@ -6,7 +6,7 @@ import numpy as np
 
 from koalarization import color
 from koalarization.config import UP, ModelConfig
-from koalarization.data import images
+from koalarization.data import images, squash
 from koalarization.model.embedders import build_embedder
 from koalarization.model.preprocess import build_training_model
 
@@ -24,8 +24,8 @@ def overfit_two_photos(epochs: int = 400) -> tuple[float, float]:
         embedder="tiny_random",
     )
     photos = [images.load_rgb(REPO / "data" / f"{name}.jpg") for name in ("astronaut", "coffee")]
-    rgb = np.stack([images.resize_rgb(p, 32) for p in photos])
-    seen = np.stack([color.network_lightness(images.resize_rgb(p, 32)) for p in photos])
+    rgb = np.stack([squash.resize_rgb(p, 32) for p in photos])
+    seen = np.stack([color.network_lightness(squash.resize_rgb(p, 32)) for p in photos])
     batch = {"rgb": rgb, "affine": np.tile(np.eye(2, dtype="float32"), (2, 1, 1)),
              "embedding": np.asarray(build_embedder("tiny_random").predict_on_batch(seen)),
              "weight": np.ones((2, 1, 1), "float32")}

@@ -11,7 +11,8 @@ from koalarization import color
 from koalarization.cli import main
 from koalarization.config import AugmentConfig
 from koalarization.data import batches
-from koalarization.model.preprocess import Preprocess, WeightedABLoss
+from koalarization.model.losses import WeightedABLoss
+from koalarization.model.preprocess import Preprocess
 
 from conftest import synthetic_photo
 from test_cli import event_tags

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from koalarization.data import images, png
+from koalarization.data import outputs, png
 
 
 @pytest.fixture(params=["zlib", "isal"], autouse=True)
@@ -83,7 +83,7 @@ def test_refuses_what_it_cannot_write():
 
 def test_save_png_atomic_writes_the_pixels_and_no_temporary_file(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    images.save_png_atomic(pixels, tmp_path / "out.png")
+    outputs.save_png_atomic(pixels, tmp_path / "out.png")
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
     with Image.open(tmp_path / "out.png") as read:
         assert read.format == "PNG" and np.array_equal(np.asarray(read), pixels)

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from koalarization.data import images
+from koalarization.data import squash
 from koalarization.inference import resize
 
 
 def pillow_squash(rgb: np.ndarray, side: int) -> np.ndarray:
-    return images.resize_rgb_each(rgb, [side])[0].astype(np.int16)
+    return squash.resize_rgb_each(rgb, [side])[0].astype(np.int16)
 
 
 def graph_squash(rgb: np.ndarray, side: int) -> np.ndarray:
-    out = resize.squash_uint8(rgb[None].astype(np.float64), side, images.REDUCING_GAP)
+    out = resize.squash_uint8(rgb[None].astype(np.float64), side, squash.REDUCING_GAP)
     return np.asarray(out)[0].astype(np.int16)
 
 

@@ -22,6 +22,7 @@ from fastapi import HTTPException  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 
+from koalarization.data import images  # noqa: E402
 from koalarization.inference.web import server  # noqa: E402
 from koalarization.inference.web.server import create_app, model_labels, read_body  # noqa: E402
 
@@ -154,7 +155,7 @@ def test_byte_counts_for_people(count, text):
 @pytest.mark.parametrize("count, text", [(40_000_000, "40 million"), (39_690_000, "39.7 million"),
                                          (200_000, "0.2 million"), (65536, "65,536")])
 def test_pixel_counts_for_people(count, text):
-    assert server.pixel_count(count) == text
+    assert images.pixel_count(count) == text
 
 
 def test_body_reading_stops_at_the_limit():
@@ -178,7 +179,21 @@ def test_decompression_bomb_and_pixel_limit_are_413(client):
     big = png_bytes(np.zeros((2500, 2000, 3), np.uint8))  # 5 MP: under Pillow's limit, over this server's
     response = post_image(client, big, name="big.png")
     assert response.status_code == 413 and response.json()["detail"] == (
-        "big.png: 2000x2500 is 5 million pixels; this server accepts at most 4 million pixels")
+        "big.png: 2000x2500 is 5 million pixels; at most 4 million pixels are accepted")
+
+
+def test_an_upload_is_opened_and_decoded_once(client, monkeypatch):
+    """The pixel limit is read from the header of the same opened image that is then decoded."""
+    opened = []
+    real_open = Image.open
+
+    def counting_open(*args, **kwargs):
+        opened.append(1)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    response = post_image(client, png_bytes(np.full((48, 64, 3), (200, 40, 40), np.uint8)))
+    assert response.status_code == 200 and len(opened) == 1
 
 
 def test_uploads_never_touch_the_disk(client, tmp_path, monkeypatch):

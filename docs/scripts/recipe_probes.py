@@ -26,7 +26,7 @@ import numpy as np
 
 from koalarization import color
 from koalarization.config import ModelConfig
-from koalarization.data import cache, images
+from koalarization.data import cache, images, squash
 from koalarization.inference.evaluate import colorfulness, image_metrics
 from koalarization.model.embedders import build_embedder
 from koalarization.model.network import colorizer_of
@@ -37,7 +37,7 @@ EVAL = 128
 
 
 def load(paths, size):
-    return np.stack([images.resize_rgb(images.load_rgb(p, max_side=size), size) for p in paths])
+    return np.stack([squash.resize_rgb(images.load_rgb(p, max_side=size), size) for p in paths])
 
 
 def flips(count, rng):
@@ -55,7 +55,7 @@ def run(name, size, photos, embeddings, val, val_embeddings, args):
                  "weight": np.ones((len(photos), 1, 1), np.float32)}
         model.fit(batch, batch_size=32, epochs=1, shuffle=True, verbose=0)
     seconds = time.time() - start
-    small = np.stack([images.resize_rgb(v, size) for v in val])
+    small = np.stack([squash.resize_rgb(v, size) for v in val])
     ab = np.asarray(colorizer_of(model).predict([color.network_lightness(small), val_embeddings], verbose=0))
     from koalarization.inference.colorize import join_lightness
 
@@ -101,7 +101,7 @@ def main() -> None:
     if "B" in args.runs:
         embedder = build_embedder("efficientnet_lite0_pooled")
         from_small = lambda rgb: np.asarray(embedder.predict(color.network_lightness(rgb), batch_size=64, verbose=0))  # noqa: E731
-        val64 = np.stack([images.resize_rgb(v, 64) for v in val])
+        val64 = np.stack([squash.resize_rgb(v, 64) for v in val])
         results.append(run("B: embedder sees the 64 px L", 64, photos64, from_small(photos64), val,
                            from_small(val64), args))
     if "C" in args.runs:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from koalarization.config import EMBEDDER_CHECK_LIMIT
 from koalarization.errors import KoalarizationError
 
 # Standard ImageNet evaluation: resize the shorter side to R / 0.875 (256 for R = 224), crop R.
@@ -52,7 +53,7 @@ def labelled_photos(data_dir: str | Path) -> tuple[list[Path], np.ndarray]:
     return files, np.array([index[p.name.split("_", 1)[0]] for p in files])
 
 
-def imagenet_top1(name: str, data_dir: str | Path, limit: int = 250, batch_size: int = 25,
+def imagenet_top1(name: str, data_dir: str | Path, limit: int = EMBEDDER_CHECK_LIMIT, batch_size: int = 25,
                   weights="auto") -> dict:
     """Classify the first ``limit`` photos of ``data_dir``; return top-1/top-5 accuracy and speed.
 

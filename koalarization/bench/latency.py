@@ -1,7 +1,7 @@
 """`benchmark-colorize`: how long colorizing a photo takes end to end, stage by stage.
 
 For each size, a synthetic photo is written as a JPEG file, then colorized the way `koalarization colorize`
-does it, file to file: images.load_rgb (decode) -> Colorizer.colorize -> images.save_png_atomic (encode).
+does it, file to file: images.load_rgb (decode) -> Colorizer.colorize -> outputs.save_png_atomic (encode).
 The stages inside Colorizer.colorize are timed by its own hook (colorize.timed_stages):
 
     decode    JPEG file -> uint8 RGB (libjpeg-turbo via Pillow), EXIF orientation applied
@@ -29,7 +29,8 @@ import keras
 import numpy as np
 from PIL import Image
 
-from koalarization.data import images
+from koalarization.config import LATENCY_MEGAPIXELS, LATENCY_RUNS
+from koalarization.data import images, outputs
 from koalarization.inference.colorize import Colorizer, timed_stages
 
 STAGES = ("decode", "lab", "network", "upsample", "pixels", "encode")
@@ -69,7 +70,7 @@ def colorize_file(colorizer: Colorizer, source: Path, target: Path, saturation: 
     with timed_stages() as seconds:
         out = colorizer.colorize(rgb, saturation)
     colorized = time.perf_counter()
-    images.save_png_atomic(out, target)
+    outputs.save_png_atomic(out, target)
     end = time.perf_counter()
     return {"decode": decoded - start, **seconds, "encode": end - colorized, "total": end - start,
             "cpu": time.process_time() - cpu}
@@ -80,7 +81,7 @@ def _summary(values: list[float]) -> dict[str, float]:
             "max": round(max(values), 4)}
 
 
-def benchmark_latency(run, megapixels=(1, 12), runs: int = 5, size=None, saturation: float = 1.0,
+def benchmark_latency(run, megapixels=LATENCY_MEGAPIXELS, runs: int = LATENCY_RUNS, size=None, saturation: float = 1.0,
                       folder=None) -> dict:
     """Time `runs` file-to-file colorizations per size with the weights of `run` (a TrainedRun or weights
     file); prints a table per size, then the result as one JSON line, and returns it. folder: where the

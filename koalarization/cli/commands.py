@@ -34,6 +34,12 @@ def train(args) -> int:
     return 0
 
 
+def _colorizing(args) -> dict:
+    """The flags `test` and `colorize` share (parsers.add_colorizing_flags), as their functions' keywords."""
+    return {name: getattr(args, name) for name in ("size", "saturation", "batch_size", "embedder_weights",
+                                                   "temperature")}
+
+
 def prepare(args) -> int:
     from koalarization.training.train import photo_cache
 
@@ -46,11 +52,10 @@ def prepare(args) -> int:
 def test(args) -> int:
     from koalarization.inference.evaluate import evaluate, format_summary
 
-    summary = evaluate(args.data, trained_run(args.weights), args.output, batch_size=args.batch_size,
-                       embedder_weights=args.embedder_weights, limit=args.limit, grid_rows=args.grid_rows,
-                       saturation=args.saturation, temperature=args.temperature, size=args.size)
-    print(format_summary(summary, args.output))
     run = trained_run(args.weights)
+    summary = evaluate(args.data, run, args.output, limit=args.limit, grid_rows=args.grid_rows,
+                       **_colorizing(args))
+    print(format_summary(summary, args.output))
     split = run.split()
     if split is not None and summary["psnr"] <= summary["gray_psnr"] and len(split.train) < 1000:
         # the quick start's case: its numbers say nothing of what the network can do
@@ -63,9 +68,7 @@ def test(args) -> int:
 def colorize(args) -> int:
     from koalarization.inference.colorize import colorize_files
 
-    s = colorize_files(args.inputs, trained_run(args.weights), args.out, size=args.size,
-                       saturation=args.saturation, batch_size=args.batch_size,
-                       embedder_weights=args.embedder_weights, temperature=args.temperature)
+    s = colorize_files(args.inputs, trained_run(args.weights), args.out, **_colorizing(args))
     total = time.perf_counter() - args.started  # from cli.main's start: what the user waited
     print(f"colorized {s['colorized']} photo(s) into {s['out']} in {total:.1f} s ({s['seconds']:.1f} s of it "
           f"loading the model and colorizing)"

@@ -10,6 +10,26 @@ import argparse
 import dataclasses
 import typing
 
+from koalarization.config import (
+    COLORIZE_BATCH,
+    COLORIZE_OUT,
+    EMBEDDER_CHECK_LIMIT,
+    EXPORT_FORMATS,
+    EXPORT_OUT,
+    GRID_ROWS,
+    LATENCY_MEGAPIXELS,
+    LATENCY_RUNS,
+    MAX_SATURATION,
+    MAX_TEMPERATURE,
+    SERVE_HOST,
+    SERVE_PORT,
+    TEST_BATCH,
+    TEST_OUT,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
+
 WEIGHTS_HELP = ("colorize.weights.h5 of a trained run (config.json beside it); default: the weights shipped "
                 "with koalarization (docs/model_card.md)")
 
@@ -43,8 +63,6 @@ def config_flags(parser, cls, section: str, only=None) -> None:
 
 def _parents() -> dict[str, argparse.ArgumentParser]:
     """Flags that several commands share, each declared here once."""
-    from koalarization.config import MAX_SATURATION, MAX_TEMPERATURE
-
     weights = argparse.ArgumentParser(add_help=False)
     weights.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     embedder_weights = argparse.ArgumentParser(add_help=False)
@@ -64,17 +82,20 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from koalarization.config import COLORIZE_OUT, EXPORT_FORMATS, EXPORT_OUT, MAX_SATURATION, ModelConfig, TrainConfig
-
-    shared = _parents()
-    model_parents = [shared["weights"], shared["embedder_weights"]]
     parser = argparse.ArgumentParser(
         prog="koalarization", description="Deep Koalarization: colorize photos with a CNN and a global embedding."
     )
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging, and TensorFlow's own start-up messages")
     sub = parser.add_subparsers(dest="command", required=True)
+    shared = _parents()
+    for add in (_train, _prepare, _test, _colorize, _serve, _export, _check_embedder, _benchmark_colorize,
+                _benchmark):
+        add(sub, shared)
+    return parser
 
+
+def _train(sub, shared) -> None:
     p = sub.add_parser("train", help="train on folders of photos",
                        description="Train Deep Koalarization. Every setting of the run has a flag; --config "
                                    "reruns a saved config.json (flags given beside it override it).")
@@ -83,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_flags(p.add_argument_group("data and training"), TrainConfig, "train")
     config_flags(p.add_argument_group("network"), ModelConfig, "model")
 
+
+def _prepare(sub, shared) -> None:
     p = sub.add_parser("prepare", help="decode the photos and compute their embeddings once, ahead of train",
                        description="Build the cache that train reads (train builds it itself when it is "
                                    "missing): every photo at the working size, with its embedding.")
@@ -90,43 +113,60 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "workers", "embedder_weights"})
     config_flags(p, ModelConfig, "model", only={"embedder"})
 
-    p = sub.add_parser("test", help="colorize the held-out photos and measure them",
-                       parents=[*model_parents, shared["size"], shared["dial"]],
+
+def _colorizing_parents(shared) -> list[argparse.ArgumentParser]:
+    """The flags of the commands that colorize with trained weights (commands._colorizing reads them)."""
+    return [shared["weights"], shared["embedder_weights"], shared["size"], shared["dial"]]
+
+
+def _test(sub, shared) -> None:
+    p = sub.add_parser("test", help="colorize the held-out photos and measure them", parents=_colorizing_parents(shared),
                        description="Write predicted/, bw/, actual/, metrics.csv and summary.json.")
     p.add_argument("--data", default=None,
                    help="a folder the run trained on (its held-out photos there), or any folder (default: the "
                         "held-out photos of every folder the run trained on, from its split.json)")
-    p.add_argument("--output", default="model_output/test", help="where to write (default: model_output/test)")
-    p.add_argument("--batch-size", type=int, default=16, help="photos per network call (default: 16)")
+    p.add_argument("--output", default=TEST_OUT, help=f"where to write (default: {TEST_OUT})")
+    p.add_argument("--batch-size", type=int, default=TEST_BATCH,
+                   help=f"photos per network call (default: {TEST_BATCH})")
     p.add_argument("--limit", type=int, default=None, help="test on the first N photos only")
-    p.add_argument("--grid-rows", type=int, default=8, help="photos in grid.png (default: 8)")
+    p.add_argument("--grid-rows", type=int, default=GRID_ROWS, help=f"photos in grid.png (default: {GRID_ROWS})")
 
-    p = sub.add_parser("colorize", help="colorize photos at their full resolution",
-                       parents=[*model_parents, shared["size"], shared["dial"]],
+
+def _colorize(sub, shared) -> None:
+    p = sub.add_parser("colorize", help="colorize photos at their full resolution", parents=_colorizing_parents(shared),
                        description="Colorize photos; each output PNG keeps its photo's size and orientation.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files, folders (searched recursively) or globs")
     p.add_argument("--out", default=COLORIZE_OUT, metavar="DIR",
                    help=f"folder for the colorized PNGs, created if needed (default: {COLORIZE_OUT}/ in the working "
                         "folder); an output of the same name is replaced, and said so")
-    p.add_argument("--batch-size", type=int, default=8, help="photos per network call (default: 8)")
+    p.add_argument("--batch-size", type=int, default=COLORIZE_BATCH,
+                   help=f"photos per network call (default: {COLORIZE_BATCH})")
 
+
+def _serve(sub, shared) -> None:
     p = sub.add_parser("serve", help="web page and HTTP API for colorizing photos", parents=[shared["embedder_weights"]],
                        description="Serve the colorizing page at http://HOST:PORT/ and the API at /api (docs: /docs).")
     p.add_argument("--weights", default=None, action="append",
                    help=WEIGHTS_HELP + "; give it twice to compare two models side by side")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--host", default=SERVE_HOST,
+                   help=f"address to listen on (default: {SERVE_HOST}, this machine only)")
+    p.add_argument("--port", type=int, default=SERVE_PORT, help=f"port (default: {SERVE_PORT})")
 
-    p = sub.add_parser("export", help="export a trained model as a TensorFlow SavedModel or ONNX", parents=model_parents,
+
+def _export(sub, shared) -> None:
+    p = sub.add_parser("export", help="export a trained model as a TensorFlow SavedModel or ONNX",
+                       parents=[shared["weights"], shared["embedder_weights"]],
                        description="Export the whole of colorize for serving elsewhere: input 'image', uint8 RGB "
                                    "(B, H, W, 3) at any size; output the colorized photo, uint8 RGB (B, H, W, 3).")
-    p.add_argument("--format", default="savedmodel", choices=EXPORT_FORMATS,
+    p.add_argument("--format", default=EXPORT_FORMATS[0], choices=EXPORT_FORMATS,
                    help="savedmodel: a TensorFlow SavedModel folder; onnx: one .onnx file (pip install -e "
-                        "\".[onnx]\") (default: savedmodel)")
+                        f"\".[onnx]\") (default: {EXPORT_FORMATS[0]})")
     p.add_argument("--out", default=None, metavar="PATH",
                    help=f"SavedModel folder or .onnx file to write (default: {EXPORT_OUT['savedmodel']} or "
                         f"{EXPORT_OUT['onnx']} in the working folder)")
 
+
+def _check_embedder(sub, shared) -> None:
     p = sub.add_parser("check-embedder", help="ImageNet top-1 of an embedder on labelled photos",
                        parents=[shared["embedder_weights"]],
                        description="Classify photos named nXXXXXXXX_label.JPEG (all 1000 classes present) "
@@ -135,21 +175,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the classifier to check: efficientnet_lite0, _lite1 or _lite2 (default: efficientnet_lite0)")
     p.add_argument("--data", required=True,
                    help="folder of ImageNet photos named nXXXXXXXX_label.JPEG, all 1000 classes (docs/reference.md)")
-    p.add_argument("--limit", type=int, default=250, help="first N photos by file name (default: 250)")
+    p.add_argument("--limit", type=int, default=EMBEDDER_CHECK_LIMIT,
+                   help=f"first N photos by file name (default: {EMBEDDER_CHECK_LIMIT})")
 
+
+def _benchmark_colorize(sub, shared) -> None:
     p = sub.add_parser("benchmark-colorize", help="latency of colorizing a 1 MP and a 12 MP photo, by stage",
                        parents=[shared["weights"], shared["size"]],
                        description="Colorize synthetic JPEG files to PNG files as `colorize` does; print the "
                                    "median and min-max of each stage (decode ... encode), then one JSON object "
                                    "on the last line.")
-    p.add_argument("--runs", type=int, default=5, help="timed runs per size, after one warm-up run (default: 5)")
-    p.add_argument("--megapixels", type=float, nargs="+", default=[1.0, 12.0], metavar="MP",
-                   help="photo sizes in millions of pixels, 4:3 (default: 1 12)")
+    p.add_argument("--runs", type=int, default=LATENCY_RUNS,
+                   help=f"timed runs per size, after one warm-up run (default: {LATENCY_RUNS})")
+    p.add_argument("--megapixels", type=float, nargs="+", default=list(LATENCY_MEGAPIXELS), metavar="MP",
+                   help="photo sizes in millions of pixels, 4:3 (default: "
+                        f"{' '.join(f'{mp:g}' for mp in LATENCY_MEGAPIXELS)})")
     p.add_argument("--saturation", type=float, default=1.0,
                    help=f"as for colorize (0 to {MAX_SATURATION:g}); above 1 more pixels need gamut fitting (default: 1)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="keep the JPEG and PNG files here (default: a temporary folder, removed)")
 
+
+def _benchmark(sub, shared) -> None:
     bench = sub.add_parser("benchmark", help="measure the input pipeline or the training step",
                            description="Print photos/s (and more) as one JSON object on the last line.")
     kinds = bench.add_subparsers(dest="benchmark", required=True)
@@ -169,13 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_flags(p, ModelConfig, "model", only={"embedder"})
     p.add_argument("--steps", type=int, default=5, help="timed steps (default: 5; the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
-    return parser
 
 
 def run_config_from_args(args):
     """The RunConfig of the config flags: --config (or the defaults), with every given flag on top."""
-    from koalarization.config import RunConfig
-
     cfg = RunConfig.load(args.config) if getattr(args, "config", None) else RunConfig()
     given = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     for section in ("model", "train", "train.augment"):

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from koalarization import color
-from koalarization.data import images
+from koalarization.data import images, squash
 from koalarization.errors import KoalarizationError
 from koalarization.files import atomic_path, cache_dir, write_text_atomic
 
@@ -62,7 +62,7 @@ def photo_inputs(rgb: np.ndarray, image_size: int, resolution: int) -> tuple[np.
     """A photo uint8 (H, W, 3) -> what the network sees of it: (uint8 (S, S, 3), the embedder's input
     L scaled (R, R, 1) float32 in [-1, 1], gray), both squashed from the full photo (as the reference
     squashed it); gray: color.is_gray, judged at R px (cheap on a 12 MP photo; JPEG noise averages out)."""
-    for_embedder, small = images.resize_rgb_each(rgb, [resolution, image_size])
+    for_embedder, small = squash.resize_rgb_each(rgb, [resolution, image_size])
     return small, color.network_lightness(for_embedder), color.is_gray(for_embedder)
 
 

@@ -2,8 +2,8 @@
 
 Shared by training, `test`, `colorize` and the web server, so a photo that works in one works in all.
 Errors are `ImageError` (a KoalarizationError) with a one-line message naming the file and the problem.
-The commands that walk folders also share from here how skipped files are reported (`SkipLog`) and how
-outputs are named (`output_names`).
+The commands that walk folders also share from here how skipped files are reported (`SkipLog`). Squashing
+a photo to the network's size is squash.py's; what the commands write is outputs.py's.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from koalarization.data import png
 from koalarization.errors import KoalarizationError
-from koalarization.files import atomic_path
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-# Pillow's own limit (about 89 M pixels warns, twice that raises) guards against decompression bombs;
-# we make the warning an error too, so a 30,000 x 30,000 PNG is refused instead of decoded.
+# The one pixel limit of every command and of the web server, checked from the header before decoding.
+# It is Pillow's own limit (about 89 M pixels warns, twice that raises), which guards against decompression
+# bombs; we make the warning an error too, so a 30,000 x 30,000 PNG is refused instead of decoded. A photo
+# at the limit needs about 2.2 GB of working memory to colorize (~25 bytes per pixel, docs/colorize.md).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # Pillow must not silently accept truncated files: a half-decoded photo would train on gray garbage.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -47,7 +47,17 @@ _JPEG = ("JPEG", "MPO")
 
 
 class ImageError(KoalarizationError):
-    """A file that cannot be used as a photo."""
+    """A file that cannot be used as a photo. kind: "pixels" (over the pixel limit, or a decompression
+    bomb), "format" (not an image, or a format Pillow cannot read) or "broken" (everything else)."""
+
+    def __init__(self, message: str, kind: str = "broken"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def pixel_count(n: int) -> str:
+    """A number of pixels for people: 40000000 -> '40 million', 39690000 -> '39.7 million', 65536 -> '65,536'."""
+    return f"{n / 1e6:.1f}".removesuffix(".0") + " million" if n >= 100_000 else f"{n:,}"
 
 
 def find_images(root: str | Path) -> list[Path]:
@@ -100,27 +110,44 @@ def _value_error(err: ValueError) -> str:
     return f"cannot decode ({text})"
 
 
-def _open(source, path) -> Image.Image:
-    """Open a file path or an in-memory stream; `path` names it in the one-line errors."""
+def _open(source, path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open a file path or an in-memory stream (its header only); `path` names it in the one-line errors.
+    max_pixels: a smaller limit than MAX_PIXELS (a server's), checked before any pixel is decoded."""
+    limit = f"at most {pixel_count(min(max_pixels, MAX_PIXELS))} pixels are accepted"
     try:
         if not isinstance(source, io.BytesIO):
             _check_regular(source)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(source)
-        if image.width * image.height > MAX_PIXELS:
-            raise ImageError(f"{path}: {image.width}x{image.height} pixels is more than the {MAX_PIXELS} allowed")
+        pixels = image.width * image.height
+        if pixels > max_pixels:
+            image.close()
+            raise ImageError(f"{path}: {image.width}x{image.height} is {pixel_count(pixels)} pixels; {limit}", "pixels")
         return image
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{path}: too many pixels (decompression bomb?)") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image (or an unsupported format)") from None
-    except ValueError as err:
-        raise ImageError(f"{path}: {_value_error(err)}") from None
-    except OSError as err:
-        raise ImageError(f"{path}: {_os_problem(err)}") from None
+    except _PILLOW_ERRORS as err:
+        raise _image_error(path, err, limit, opening=True) from None
+
+
+# What Pillow and the OS raise for a file that is not a usable image (UnidentifiedImageError is an OSError;
+# SyntaxError is Pillow's word for a malformed header).
+_PILLOW_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def _image_error(path, err: Exception, limit: str, opening: bool) -> ImageError:
+    """One of _PILLOW_ERRORS -> the one-line ImageError naming `path`. opening: raised while reading the
+    header (an OSError is then about the file), else while decoding the pixels (the data is broken)."""
+    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ImageError(f"{path}: too many pixels (decompression bomb?); {limit}", "pixels")
+    if isinstance(err, UnidentifiedImageError):
+        return ImageError(f"{path}: not an image (or an unsupported format)", "format")
+    if isinstance(err, ValueError):
+        return ImageError(f"{path}: {_value_error(err)}")
+    if isinstance(err, OSError):
+        return ImageError(f"{path}: {_os_problem(err) if opening else f'corrupt or truncated image ({err})'}")
+    return ImageError(f"{path}: cannot decode ({err})")
 
 
 def _float_to_gray(values: np.ndarray) -> np.ndarray:
@@ -191,12 +218,8 @@ def _decode(image: Image.Image, path, source, max_side: int | None = None) -> np
         rgb.load()
     except ImageError:
         raise
-    except OSError as err:
-        raise ImageError(f"{path}: corrupt or truncated image ({err})") from None
-    except ValueError as err:
-        raise ImageError(f"{path}: {_value_error(err)}") from None
-    except (SyntaxError, Image.DecompressionBombError) as err:
-        raise ImageError(f"{path}: cannot decode ({err})") from None
+    except _PILLOW_ERRORS as err:
+        raise _image_error(path, err, f"at most {pixel_count(MAX_PIXELS)} pixels are accepted", opening=False) from None
     array = np.asarray(rgb, dtype=np.uint8)
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ImageError(f"{path}: empty image")
@@ -277,42 +300,16 @@ def _scans_complete(data, first: int, end: int, components: list[int]) -> bool:
     return all(len(done) == 64 for done in final.values())
 
 
-# -------------------------------------------------------------------------------------------- the rest
-def resize_rgb(rgb: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """uint8 RGB (H, W, 3) -> uint8 RGB (size, size, 3) (or (h, w) for a tuple), bilinear with antialiasing.
+def load_rgb_bytes(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str | None]:
+    """Decode an image held in memory (an upload) like `load_rgb`, once -> (uint8 RGB (H, W, 3) upright,
+    frame_note: "frame 1 of N" for a file of several frames, else None).
 
-    The reference squashes every photo to a square without keeping the aspect ratio; so do we.
-    """
-    return resize_rgb_each(rgb, [size])[0]
-
-
-# Pillow shrinks by more than this many times in two steps (a box reduction, then bilinear): as good as one
-# bilinear pass to the eye and ~3x faster on a 12 MP photo. inference/resize.py repeats it in the graph.
-REDUCING_GAP = 3.0
-
-
-def resize_rgb_each(rgb: np.ndarray, sizes: list[int | tuple[int, int]]) -> list[np.ndarray]:
-    """resize_rgb to each of `sizes`, handing the photo to Pillow once: for a 12 MP photo the hand-over (a
-    fresh 48 MB Pillow image, filled and copied into) takes ~60 ms, more than a resize."""
-    image, resized = None, []
-    for size in sizes:
-        height, width = (size, size) if isinstance(size, int) else size
-        if rgb.shape[:2] == (height, width):
-            resized.append(rgb)
-            continue
-        image = Image.fromarray(rgb) if image is None else image
-        resized.append(np.asarray(image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP)))
-    return resized
-
-
-def load_rgb_bytes(data: bytes, name: str = "upload") -> np.ndarray:
-    """Decode an image held in memory (an upload) like `load_rgb`: uint8 RGB (H, W, 3), upright.
-
-    Nothing touches the disk; `name` only labels the one-line `ImageError` messages. Same pixel limit.
+    Nothing touches the disk; `name` only labels the one-line `ImageError` messages. max_pixels: as `_open`'s,
+    checked from the header before decoding.
     """
     source = io.BytesIO(data)
-    with _open(source, name) as image:
-        return _decode(image, name, source)
+    with _open(source, name, max_pixels) as image:
+        return _decode(image, name, source), frame_note(image)
 
 
 class SkipLog:
@@ -348,54 +345,7 @@ class SkipLog:
         return loaded
 
 
-def output_names(paths: list[Path], folders: list[Path]) -> list[str]:
-    """One output file name per photo, in order: NAME.png from the photo's NAME, or NAME-1.png, NAME-2.png,
-    ... when that name is taken by an earlier photo (case-insensitively: a.png and A.tif would overwrite each
-    other on macOS and Windows) or is an input file itself in one of `folders`."""
-    inputs = {os.path.realpath(p) for p in paths}  # realpath, not resolve(): no RuntimeError on a link loop
-    used: set[str] = set()
-    names = []
-    for path in paths:
-        name, i = f"{path.stem}.png", 0
-        while name.lower() in used or any(os.path.realpath(Path(f) / name) in inputs for f in folders):
-            i += 1
-            name = f"{path.stem}-{i}.png"
-        used.add(name.lower())
-        names.append(name)
-    return names
-
-
 def display_name(path: str | Path) -> str:
     """`path` as text any UTF-8 writer and reader accepts. A Linux file name may hold any bytes; Python
     carries the ones that are not UTF-8 as lone surrogates, which no encoder takes: they become \\xNN."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-# The PNG `Software` text of what `colorize` (and `test`'s predicted/) writes: how a later `colorize` over
-# the same folders knows its own outputs and leaves them out.
-OUTPUT_MARK = {"Software": "koalarization colorize"}
-
-
-def is_our_output(path: str | Path) -> bool:
-    """True when `path` is a PNG that koalarization colorized (OUTPUT_MARK); reads its header only."""
-    if Path(path).suffix.lower() != ".png":
-        return False
-    try:
-        with Image.open(path) as image:
-            return image.info.get("Software") == OUTPUT_MARK["Software"]
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # the decoder says why, later
-        return False
-
-
-def save_png_atomic(rgb: np.ndarray, path: Path, compress_level: int | None = None,
-                    text: dict[str, str] | None = None) -> None:
-    """uint8 RGB (H, W, 3) -> PNG at `path` (io.atomic_path: a killed or failed run never leaves half a PNG
-    under NAME.png), encoded by data.png on every core; compress_level on its deflater's scale (default
-    png.LEVEL); text: PNG tEXt chunks (OUTPUT_MARK for colorized photos). A write error is one
-    KoalarizationError naming the folder."""
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as file:
-            png.write_png(rgb, file, compress_level, text)
-    except OSError as err:
-        raise KoalarizationError(f"{path.parent}: cannot write {path.name} ({err.strerror or err})") from None

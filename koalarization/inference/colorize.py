@@ -35,8 +35,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from koalarization import color
-from koalarization.config import COLORIZE_OUT, MAX_SATURATION, check_temperature
-from koalarization.data import images
+from koalarization.config import COLORIZE_BATCH, COLORIZE_OUT, MAX_SATURATION, check_temperature
+from koalarization.data import images, outputs
 from koalarization.data.cache import photo_inputs
 from koalarization.errors import KoalarizationError
 from koalarization.model.network import has_temperature, set_temperature
@@ -290,7 +290,7 @@ class Colorizer:
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], int]:
     """Files, folders (recursive) and globs -> (photo paths, in order, without duplicates; how many were left
     out as colorize's own outputs). A photo found in a folder or by a glob is left out when it is a PNG that
-    colorize wrote (images.OUTPUT_MARK): a second run over the same tree must not colorize the first run's
+    colorize wrote (outputs.OUTPUT_MARK): a second run over the same tree must not colorize the first run's
     outputs, wherever they were written. A file named directly is always taken."""
     found: list[tuple[Path, bool]] = []  # (path, named directly)
     for item in inputs:
@@ -313,15 +313,15 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], int]:
         real = os.path.realpath(p)
         if real in unique:
             continue
-        if not direct and images.is_our_output(p):
+        if not direct and outputs.is_our_output(p):
             left_out += 1
             continue
         unique[real] = p  # the first name of each file, in order
     return list(unique.values()), left_out
 
 
-def colorize_files(inputs: list[str], run, out_dir=COLORIZE_OUT, size=None, saturation=1.0, batch_size=8,
-                   embedder_weights=None, temperature=None) -> dict:
+def colorize_files(inputs: list[str], run, out_dir=COLORIZE_OUT, size=None, saturation=1.0,
+                   batch_size=COLORIZE_BATCH, embedder_weights=None, temperature=None) -> dict:
     """Colorize every photo of `inputs` into `out_dir` as PNGs of the photos' own sizes (EXIF applied).
     Returns {"colorized", "skipped" (unreadable), "left_out" (earlier outputs), "replaced" (outputs that
     were there before), "out", "seconds"}."""
@@ -340,7 +340,7 @@ def colorize_files(inputs: list[str], run, out_dir=COLORIZE_OUT, size=None, satu
         raise KoalarizationError(f"out {out_dir}: cannot create ({err.strerror or err})") from None
     colorizer = Colorizer(run, size, embedder_weights)
     colorizer.temperature(temperature)  # MSE weights refuse a temperature before any photo is read
-    targets = {path: out_dir / name for path, name in zip(paths, images.output_names(paths, [out_dir]))}
+    targets = {path: out_dir / name for path, name in zip(paths, outputs.output_names(paths, [out_dir]))}
     replaced = sum(target.exists() for target in targets.values())
     skipped, done = images.SkipLog(log), 0
     with logging_redirect_tqdm(), tqdm(total=len(paths), unit="photo", disable=len(paths) < 2) as bar:
@@ -350,7 +350,7 @@ def colorize_files(inputs: list[str], run, out_dir=COLORIZE_OUT, size=None, satu
             bar.update(len(wanted) - len(batch))
             results = colorizer.colorize_many([rgb for _, rgb in batch], saturation, temperature)
             for (path, _), rgb in zip(batch, results):
-                images.save_png_atomic(rgb, targets[path], text=images.OUTPUT_MARK)
+                outputs.save_png_atomic(rgb, targets[path], text=outputs.OUTPUT_MARK)
                 done += 1
                 bar.update(1)
     skipped.close()

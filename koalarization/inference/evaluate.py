@@ -5,7 +5,7 @@ the predicted ab upsampled to its size, gamut-fitted (colorize.Colorizer). For e
     predicted/NAME.png   exactly `colorize`'s output for the photo (same settings)
     bw/NAME.png          the photo's own L, ab = 0 (the gray baseline every number must beat)
     actual/NAME.png      the photo itself
-NAME.png is the photo's own name (`images.output_names`, as `colorize` names them): a.png and a.tif give
+NAME.png is the photo's own name (`outputs.output_names`, as `colorize` names them): a.png and a.tif give
 a.png and a-1.png. `metrics.csv` (per photo: the file, its output NAME.png, PSNR and SSIM on RGB against the
 photo, colourfulness, the frame statistic, the raw ab accuracy's AuC; the same for the gray baseline and the
 photo) grows by a batch of rows as each batch is done, so a run that fails or is killed later keeps the rows
@@ -31,7 +31,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
 from koalarization import color
-from koalarization.data import images
+from koalarization.config import GRID_ROWS, TEST_BATCH, TEST_OUT
+from koalarization.data import images, outputs, squash
 from koalarization.errors import KoalarizationError
 from koalarization.files import write_text_atomic
 from koalarization.plots import plot_grid
@@ -59,7 +60,7 @@ def frame_statistic(rgb_uint8: np.ndarray) -> float:
     (finite differences in Lab, both directions) over the outer 6-pixel band, divided by the same mean over
     the interior. Photos score about 0.75; a colour frame (bands of another hue along the borders) scores
     well above 1."""
-    small = images.resize_rgb(rgb_uint8, FRAME_SIZE)
+    small = squash.resize_rgb(rgb_uint8, FRAME_SIZE)
     ab = color.unscale_ab(color.network_ab(small)).astype(np.float64)
     change = (np.abs(np.diff(ab, axis=1))[:-1] + np.abs(np.diff(ab, axis=0))[:, :-1]).sum(axis=-1)
     band = np.ones(change.shape, bool)
@@ -146,7 +147,7 @@ def score_photos(colorizer, files, saturation=1.0, temperature=None, batch_size=
                    "gt_frame": frame_statistic(actual), "auc": ab_accuracy_auc(true_ab, ours),
                    "gray_auc": ab_accuracy_auc(true_ab, bw),
                    # judged as the cache judges training photos (color.is_gray at the embedder's resolution)
-                   "gray_truth": color.is_gray(images.resize_rgb(actual, colorizer.resolution))}
+                   "gray_truth": color.is_gray(squash.resize_rgb(actual, colorizer.resolution))}
             rows.append(row)
             items.append({"path": path, "actual": actual, "predicted": ours, "bw": bw, "row": row})
         if on_batch is not None:
@@ -167,8 +168,8 @@ def summarize(rows: list[dict], skipped: int = 0) -> dict:
     return summary
 
 
-def evaluate(data, run, output, batch_size=16, embedder_weights=None, limit=None, grid_rows=8, saturation=1.0,
-             temperature=None, size=None) -> dict:
+def evaluate(data, run, output=TEST_OUT, batch_size=TEST_BATCH, embedder_weights=None, limit=None,
+             grid_rows=GRID_ROWS, saturation=1.0, temperature=None, size=None) -> dict:
     """Run `test` (see the module docstring, plus `grid.png` of `grid_rows` photos); returns the summary.
     saturation, temperature, size: as `colorize`'s."""
     from koalarization.inference.colorize import Colorizer
@@ -184,7 +185,7 @@ def evaluate(data, run, output, batch_size=16, embedder_weights=None, limit=None
     output = Path(output)
     for folder in OUTPUT_FOLDERS:
         (output / folder).mkdir(parents=True, exist_ok=True)
-    out_names = dict(zip(files, images.output_names(files, [output / folder for folder in OUTPUT_FOLDERS])))
+    out_names = dict(zip(files, outputs.output_names(files, [output / folder for folder in OUTPUT_FOLDERS])))
     metrics = output / "metrics.csv"
     metrics.unlink(missing_ok=True)  # rows are appended batch by batch: none from an earlier run
 
@@ -192,8 +193,8 @@ def evaluate(data, run, output, batch_size=16, embedder_weights=None, limit=None
         for item in items:
             name = out_names[item["path"]]
             for folder in OUTPUT_FOLDERS:  # predicted/ is colorize's output, mark included: the same bytes
-                images.save_png_atomic(item[folder], output / folder / name,
-                                       text=images.OUTPUT_MARK if folder == "predicted" else None)
+                outputs.save_png_atomic(item[folder], output / folder / name,
+                                       text=outputs.OUTPUT_MARK if folder == "predicted" else None)
             item["row"]["output"] = images.display_name(name)
             if item["path"] in in_grid:
                 grid.append({"name": images.display_name(item["path"].name), "bw": item["bw"],

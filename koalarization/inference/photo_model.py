@@ -4,7 +4,7 @@
 
 `network` is build_model's (L (B, S, S, 1) and L_embedder (B, R, R, 1) in [-1, 1] -> ab (B, S, S, 2) in
 [-1, 1]); around it, in keras.ops, the steps `colorize.Colorizer` takes in NumPy and Pillow:
-  1. squash the photo to S x S and to the embedder's R x R as `images.resize_rgb_each` does with Pillow
+  1. squash the photo to S x S and to the embedder's R x R as `squash.resize_rgb_each` does with Pillow
      (inference/resize.py: Pillow's arithmetic as matrix products);
   2. L of each (color.lab_f_of_luminance, the one L formula of the pixel kernels), scaled to [-1, 1];
   3. the network; ab upsampled to (H, W) as colorize.UpsampledAB does (Pillow's bilinear), in Lab units;
@@ -22,7 +22,7 @@ import keras
 from keras import layers, ops
 
 from koalarization import color
-from koalarization.data import images
+from koalarization.data import squash
 from koalarization.inference import resize
 from koalarization.inference.colorize import fit_colours
 
@@ -41,7 +41,7 @@ class PhotoColorizer(layers.Layer):
         return color.network_lightness(rgb_int32, xp=ops)
 
     def _squashed(self, rgb, side: int):
-        return ops.cast(resize.squash_uint8(rgb, side, images.REDUCING_GAP), "int32")
+        return ops.cast(resize.squash_uint8(rgb, side, squash.REDUCING_GAP), "int32")
 
     def call(self, image):
         height, width = ops.shape(image)[1], ops.shape(image)[2]

@@ -2,7 +2,7 @@
 exactly as `colorize` does (which calls Pillow) at sizes known only when it runs.
 
     squash_uint8(rgb, side)        uint8-valued float64 (B, H, W, C) -> (B, side, side, C): Image.resize(
-                                   (side, side), BILINEAR, reducing_gap=images.REDUCING_GAP) of a uint8 image
+                                   (side, side), BILINEAR, reducing_gap=squash.REDUCING_GAP) of a uint8 image
     resize_float(x, height, width) float32 (B, h, w, C) -> (B, height, width, C): Image.resize of an "F"
                                    image, BILINEAR (what colorize.UpsampledAB computes for ab)
 

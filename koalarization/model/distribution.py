@@ -33,6 +33,7 @@ from koalarization import color
 from koalarization.config import ModelConfig, check_temperature
 from koalarization.errors import KoalarizationError
 from koalarization.files import write_text_atomic
+from koalarization.model.losses import SampleWeightedLoss
 
 log = logging.getLogger(__name__)
 
@@ -123,34 +124,25 @@ class AnnealedMean(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="koalarization")
-class BinLoss(keras.layers.Layer):
-    """Adds the rebalanced multinomial cross-entropy (Zhang eq. 2): for each cell of the decoder's grid,
+class BinLoss(SampleWeightedLoss):
+    """The rebalanced multinomial cross-entropy (Zhang eq. 2): for each cell of the decoder's grid,
     -v(q*) sum_k z_k log p(q_k), the q_k the true ab's nearest bins (nearest_bins), z_k their weights, v the
-    class weights (all ones: no rebalancing); averaged over the cells, each photo times its weight (0 for
-    padding), as WeightedABLoss does. Passes the logits through.
+    class weights (all ones: no rebalancing); averaged over the cells as losses.SampleWeightedLoss does.
 
-    logits (B, S/2, S/2, Q); target ab (B, S, S, 2) scaled (the photo's, averaged over 2x2 to the grid);
-    weight (B, 1, 1)."""
+    logits (B, S/2, S/2, Q); target ab (B, S, S, 2) scaled (the photo's, averaged over 2x2 to the grid)."""
 
     def __init__(self, class_weights=None, **kwargs):
-        kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         self.class_weights = None if class_weights is None else [float(w) for w in np.ravel(class_weights)]
 
-    def call(self, logits, target, weight):
-        logits = ops.cast(logits, "float32")
+    def per_cell(self, logits, target):
         log_p = logits - ops.logsumexp(logits, axis=-1, keepdims=True)
         ab = ops.average_pool(target, 2, strides=2, padding="valid") * color.AB_SCALE  # (B, h, w, 2), Lab units
         indices, z = nearest_bins(ab)
         per_cell = -ops.sum(z * ops.take_along_axis(log_p, indices, axis=-1), axis=-1)  # (B, h, w)
-        if self.class_weights is not None:
-            per_cell = per_cell * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), indices[..., 0])
-        count = ops.cast(ops.size(per_cell), "float32")
-        self.add_loss(ops.sum(per_cell * ops.cast(weight, "float32")) / count)
-        return logits
-
-    def compute_output_shape(self, logits_shape, target_shape, weight_shape):
-        return logits_shape
+        if self.class_weights is None:
+            return per_cell
+        return per_cell * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), indices[..., 0])
 
     def get_config(self):
         return {**super().get_config(), "class_weights": self.class_weights}

@@ -12,7 +12,7 @@ with XLA, so a jit-compiled train step could not hold it); the Lab arithmetic is
          batches.random_affine's matrices, "embedding": float32 (B, D), "weight": float32 (B, 1, 1)}
          ->  ab (B, S, S, 2), or for the
         classification head the bins' logits (B, S/2, S/2, Q)
-        The loss (WeightedABLoss, or distribution.BinLoss) is added inside the model, so compile with loss=None. The colorizer is
+        The loss (losses.WeightedABLoss, or distribution.BinLoss) is added inside the model, so compile with loss=None. The colorizer is
         network.build_colorizer's, a nested layer named "colorizer": checkpoints are the same as inference's.
 """
 
@@ -25,6 +25,7 @@ from keras import ops
 from koalarization import color
 from koalarization.config import ModelConfig
 from koalarization.model import distribution
+from koalarization.model.losses import WeightedABLoss
 from koalarization.model.network import build_colorizer
 
 
@@ -89,36 +90,16 @@ class Preprocess(keras.layers.Layer):
         self.fill = fill
 
     def call(self, rgb, affine):
-        # The warped photo rounded to 8 bits, as every photo the network meets outside training is: L comes
-        # from color.network_lightness, the one maker of the network's L input, and ab from the same pixels.
-        pixels = ops.round(ops.clip(warp(rgb, affine, self.fill), 0.0, 255.0))
-        ab = color.rgb_to_lab(pixels / 255.0, xp=ops)[..., 1:]
-        return color.network_lightness(ops.cast(pixels, "int32"), xp=ops), color.scale_ab(ab)
+        # The warped photo rounded to 8 bits, as every photo the network meets outside training is; L and ab
+        # come from color's one maker of each.
+        pixels = ops.cast(ops.round(ops.clip(warp(rgb, affine, self.fill), 0.0, 255.0)), "int32")
+        return color.network_lightness(pixels, xp=ops), color.network_ab(pixels, xp=ops)
 
     def compute_output_shape(self, rgb_shape, affine_shape):
         return (*rgb_shape[:-1], 1), (*rgb_shape[:-1], 2)
 
     def get_config(self):
         return {**super().get_config(), "fill": self.fill}
-
-
-@keras.saving.register_keras_serializable(package="koalarization")
-class WeightedABLoss(keras.layers.Layer):
-    """Adds Keras' "mse" with sample weights: the squared ab error averaged over the ab axis, times each
-    photo's weight (0 for padding), summed and divided by B * S * S. Passes the prediction through."""
-
-    def __init__(self, **kwargs):
-        kwargs["dtype"] = "float32"
-        super().__init__(**kwargs)
-
-    def call(self, predicted, target, weight):
-        per_pixel = ops.mean(ops.square(ops.cast(predicted, "float32") - target), axis=-1)  # (B, S, S)
-        count = ops.cast(ops.size(per_pixel), "float32")
-        self.add_loss(ops.sum(per_pixel * ops.cast(weight, "float32")) / count)
-        return predicted
-
-    def compute_output_shape(self, predicted_shape, target_shape, weight_shape):
-        return predicted_shape
 
 
 def batch_spec(size: int, embedding_dim: int) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -123,12 +123,24 @@ def _check_resumable(cfg: RunConfig, output: Path) -> bool:
     return True
 
 
-def build_callbacks(cfg, output, colorizer, batch_sources, val_batch, extra=(), start=backup.Start(), steps=1,
-                    chief=True, val_data=None):
-    """The recipe's callbacks. batch_sources: the BatchSources to tell the epoch; val_batch: (rgb uint8,
-    embedding) of the photos shown in TensorBoard; start, steps: where this `fit` starts, and batches per epoch; chief:
-    False on the other workers of a multi-worker job (no logs); val_data: what `fit` validates on."""
-    t = cfg.train
+@dataclass(frozen=True)
+class Segment:
+    """One `fit` call of a run (backup.segments: the rest of an interrupted epoch, or the epochs after it)."""
+
+    output: Path  # the run folder
+    colorizer: keras.Model  # the network inside the training model: what checkpoints and previews use
+    sources: tuple  # the BatchSource views the call reads, told each epoch (EpochSetter)
+    val_data: object  # what `fit` validates on
+    shown: tuple  # (rgb uint8, embedding) of the validation photos TensorBoard shows
+    start: backup.Start = backup.Start()  # where the call starts
+    steps: int = 1  # batches per epoch
+    chief: bool = True  # False on the other workers of a multi-worker job: they write no logs
+
+
+def build_callbacks(cfg: RunConfig, segment: Segment, extra=()) -> list[keras.callbacks.Callback]:
+    """The recipe's callbacks for one `fit` call of the run, then `extra`."""
+    t, output, colorizer, start, steps, chief = (cfg.train, segment.output, segment.colorizer, segment.start,
+                                                 segment.steps, segment.chief)
     best = run.ColorizerCheckpoint(
         colorizer,
         str(output / run.WEIGHTS_FILE),
@@ -144,7 +156,7 @@ def build_callbacks(cfg, output, colorizer, batch_sources, val_batch, extra=(), 
         monitor="val_loss", factor=t.reduce_lr_factor, patience=t.reduce_lr_patience, min_lr=t.min_learning_rate
     ) if t.lr_schedule == "plateau" else LearningRateLog()
     callbacks = [
-        EpochSetter(*batch_sources),
+        EpochSetter(*segment.sources),
         best,
         early_stopping,
         reduce_lr,
@@ -157,9 +169,9 @@ def build_callbacks(cfg, output, colorizer, batch_sources, val_batch, extra=(), 
         if keras.backend.backend() == "tensorflow":
             callbacks.append(keras.callbacks.TensorBoard(str(output / run.LOGS_DIR), write_graph=False))
     if keras.backend.backend() == "tensorflow":  # on every worker: its predict is a collective operation
-        callbacks.append(ValidationImages(output / run.LOGS_DIR, colorizer, *val_batch))
+        callbacks.append(ValidationImages(output / run.LOGS_DIR, colorizer, *segment.shown))
     if t.validate_every_steps:
-        callbacks.append(ValidationCurve(val_data, t.validate_every_steps, output / run.CURVE_FILE,
+        callbacks.append(ValidationCurve(segment.val_data, t.validate_every_steps, output / run.CURVE_FILE,
                                          t.batch_size, steps, start.epoch * steps + start.batch, write=chief))
     # After the callbacks whose state (and learning rate) it backs up; before `extra`, which may stop the run.
     callbacks.append(backup.StepBackup(
@@ -277,9 +289,9 @@ def _fit(cfg, model, place, output, train_source, val_source, start, callbacks, 
         # Distributed: full batches (weight-0 padding), so every replica computes the same number of photos.
         train_data, train_views = place.feed(train_source.view(pad=place.replicas > 1, start=skip), (first, last))
         val_data, val_views = place.feed(val_source)
-        cbs = build_callbacks(cfg, output, colorizer_of(model), train_views + val_views,
-                              (shown["rgb"], shown["embedding"]), callbacks, start, len(train_source),
-                              place.cluster.is_chief, val_data)
+        segment = Segment(output, colorizer_of(model), train_views + val_views, val_data,
+                          (shown["rgb"], shown["embedding"]), start, len(train_source), place.cluster.is_chief)
+        cbs = build_callbacks(cfg, segment, callbacks)
         # shuffle=False: the source shuffles per (seed, epoch); Keras would also reorder a PyDataset's batches
         # with Python's global random state, which a resumed run cannot reproduce.
         history = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=last, shuffle=False,

@@ -31,7 +31,6 @@ import logging
 import re
 import signal
 import threading
-import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -42,12 +41,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from koalarization.config import MAX_SATURATION, MAX_TEMPERATURE
+from koalarization.config import MAX_SATURATION, MAX_TEMPERATURE, SERVE_HOST, SERVE_PORT
 from koalarization.data import images
 from koalarization.errors import KoalarizationError
 from koalarization.inference.colorize import Colorizer
@@ -59,7 +58,6 @@ STATIC = Path(__file__).with_name("static")
 # swagger-ui's dist files as the fastapi-offline package ships them, so /docs works without a network.
 SWAGGER_UI = Path(fastapi_offline.__file__).with_name("static")
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # a 12 MP JPEG is 3-8 MB, a 12 MP PNG up to ~30 MB
-MAX_PIXELS = 40_000_000  # a 40 MP photo needs ~1 GB of working memory (~25 bytes per pixel)
 MAX_FORM_FIELDS = 8  # the image and its three options, plus room for a client's own fields (ignored)
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and the small fields around the image
 MAX_RUNNING = 2  # photos colorized at once; more would only queue for the same cores and memory
@@ -117,11 +115,6 @@ def _over_limit(size: int, limit: int) -> str:
     if shown[0] == shown[1]:
         shown = f"{size:,} bytes", f"{limit:,} bytes"
     return f"{shown[0]} is over this server's limit of {shown[1]}"
-
-
-def pixel_count(n: int) -> str:
-    """40000000 -> '40 million', 39690000 -> '39.7 million', 65536 -> '65,536'."""
-    return f"{n / 1e6:.1f}".removesuffix(".0") + " million" if n >= 100_000 else f"{n:,}"
 
 
 def model_labels(runs) -> list[str]:
@@ -219,28 +212,18 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str, dic
     return data, name, fields
 
 
+# images.ImageError's kinds -> the answer's status
+STATUS = {"pixels": 413, "format": 415, "broken": 422}
+
+
 def decode_upload(data: bytes, name: str, max_pixels: int):
     """Image bytes -> (uint8 RGB (H, W, 3), upright; images.frame_note: "frame 1 of N" for a file of several
-    frames, else None); the header is checked before any pixel is decoded."""
-    limit = f"this server accepts at most {pixel_count(max_pixels)} pixels"
+    frames, else None), decoded once; the pixel limit is checked from the header before any pixel is."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
-                width, height = probe.size
-                note = images.frame_note(probe)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise HTTPException(413, f"{name}: too many pixels (decompression bomb?); {limit}") from None
-    except UnidentifiedImageError:
-        raise HTTPException(415, f"{name}: not an image (send {FORMATS})") from None
-    except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for a broken header
-        raise HTTPException(422, f"{name}: cannot read the image header ({err})") from None
-    if width * height > max_pixels:
-        raise HTTPException(413, f"{name}: {width}x{height} is {pixel_count(width * height)} pixels; {limit}")
-    try:
-        return images.load_rgb_bytes(data, name), note
+        return images.load_rgb_bytes(data, name, max_pixels)
     except images.ImageError as err:
-        raise HTTPException(422, str(err)) from None
+        detail = f"{name}: not an image (send {FORMATS})" if err.kind == "format" else str(err)
+        raise HTTPException(STATUS[err.kind], detail) from None
 
 
 def encode(rgb, fmt: str) -> bytes:
@@ -265,7 +248,7 @@ def _error_responses(codes: dict[int, str]) -> dict:
     return responses
 
 
-def create_app(runs: list, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
+def create_app(runs: list, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = images.MAX_PIXELS,
                embedder_weights: str | None = None, max_running: int = MAX_RUNNING,
                max_waiting: int = MAX_WAITING, max_uploading: int = MAX_UPLOADING) -> FastAPI:
     """The app with one Colorizer per run (TrainedRun or weights file; one or two, compared side by side).
@@ -325,7 +308,7 @@ def create_app(runs: list, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels:
             raise HTTPException(422, f"model {options['model']} ({labels[options['model']]}): {err}") from None
 
         def work() -> tuple[bytes, str | None]:
-            with busy:  # bounds memory: each photo in flight needs ~25 bytes per pixel
+            with busy:  # bounds memory: each photo in flight needs ~25 bytes per pixel (2.2 GB at the limit)
                 rgb, note = decode_upload(data, name, max_pixels)
                 return encode(chosen.colorize(rgb, options["saturation"], options["temperature"]),
                               options["format"]), note
@@ -376,7 +359,7 @@ def _add_page_and_docs(app: FastAPI) -> None:
 def _colorize_doc(models: str, max_upload_bytes: int, max_pixels: int, max_uploading: int, max_running: int,
                   max_waiting: int) -> dict:
     """POST /api/colorize's description and answers, for the OpenAPI page."""
-    limits = (f"The photo: {FORMATS}, at most {megabytes(max_upload_bytes)} and {pixel_count(max_pixels)} "
+    limits = (f"The photo: {FORMATS}, at most {megabytes(max_upload_bytes)} and {images.pixel_count(max_pixels)} "
               f"pixels. Send it as the multipart/form-data file field `image` (form fields `saturation`, "
               f"`temperature`, `model` and `format` override the query parameters of the same names) or as the "
               f"raw request "
@@ -392,7 +375,7 @@ def _colorize_doc(models: str, max_upload_bytes: int, max_pixels: int, max_uploa
     return {"description": limits, "responses": {200: ok, **_error_responses({
         400: "malformed multipart upload, or the client disconnected mid-upload",
         408: f"upload too slow: under {megabytes(MIN_UPLOAD_RATE)}/s after the first {UPLOAD_GRACE_S:g} s",
-        413: f"upload over {megabytes(max_upload_bytes)} or photo over {pixel_count(max_pixels)} pixels "
+        413: f"upload over {megabytes(max_upload_bytes)} or photo over {images.pixel_count(max_pixels)} pixels "
              "(decompression bombs included)",
         415: f"not an image ({FORMATS})",
         422: "a broken image, or a parameter out of range",
@@ -447,7 +430,7 @@ def _exit_on_signal(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def serve(runs: list, host: str = "127.0.0.1", port: int = 8000, **app_options) -> None:
+def serve(runs: list, host: str = SERVE_HOST, port: int = SERVE_PORT, **app_options) -> None:
     """Run the app with uvicorn until interrupted (Ctrl-C) or terminated (SIGTERM)."""
     import uvicorn
 
