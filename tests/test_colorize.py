@@ -16,8 +16,9 @@ from koalarization.bench.latency import STAGES
 from koalarization.cli import main
 from koalarization.data import images, outputs
 from koalarization.errors import KoalarizationError
-from koalarization.inference import colorize as colorize_module
-from koalarization.inference.colorize import Colorizer, UpsampledAB, colorize_files, expand_inputs, join_lightness
+from koalarization.inference import join
+from koalarization.inference.colorize import Colorizer, colorize_files, expand_inputs
+from koalarization.inference.join import UpsampledAB, join_lightness
 
 from conftest import synthetic_photo
 
@@ -253,7 +254,7 @@ def test_upsampled_ab_equals_pillows_bilinear_resize_band_by_band(size, photo):
 def test_a_photo_of_several_chunks_matches_skimage(monkeypatch):
     """Chunks, their padding and bands that start mid-row: the result is scikit-image's Lab -> sRGB of the
     photo's L and the upsampled ab, to within rounding (the colours are in gamut)."""
-    monkeypatch.setattr(colorize_module, "PIXEL_CHUNK", 1 << 12)  # 3 chunks, the last one padded
+    monkeypatch.setattr(join, "PIXEL_CHUNK", 1 << 12)  # 3 chunks, the last one padded
     photo = (40 + synthetic_photo(8, size=(97, 105)) * 0.6).astype(np.uint8)  # mid-tones: room for colour
     ab = np.random.default_rng(1).uniform(-0.08, 0.08, (8, 8, 2)).astype(np.float32)  # |a|, |b| <= 10
     out = join_lightness(photo, ab)

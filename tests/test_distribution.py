@@ -11,7 +11,7 @@ from koalarization.errors import KoalarizationError
 from koalarization.inference.evaluate import colorfulness
 from koalarization.model import distribution
 from koalarization.model.network import build_model, colorizer_of, has_temperature, set_temperature
-from koalarization.model.preprocess import build_training_model
+from koalarization.model.task import build_training_model
 
 
 def test_gamut_bins_are_the_bins_of_every_srgb_colour():

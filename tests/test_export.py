@@ -17,7 +17,7 @@ from koalarization.inference.export import export
 from test_colorize import make_weights
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-# Three shipped photos of different shapes (each shrunk more than squash.REDUCING_GAP times to the tiny
+# Three shipped photos of different shapes (each shrunk more than config.REDUCING_GAP times to the tiny
 # network's 32 px, so the box reduction runs too), a small one that is stretched to S x S, and a portrait.
 PHOTOS = ("astronaut.jpg", "coffee.jpg", "chelsea.jpg")
 

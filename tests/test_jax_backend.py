@@ -13,7 +13,7 @@ from skimage import color as skcolor  # noqa: E402
 
 from koalarization import color  # noqa: E402
 from koalarization.data import images, squash  # noqa: E402
-from koalarization.model.preprocess import Preprocess  # noqa: E402
+from koalarization.model.preprocessor import Preprocessor  # noqa: E402
 
 from conftest import REPO  # noqa: E402
 from test_learning import overfit_two_photos  # noqa: E402
@@ -26,10 +26,11 @@ def test_overfits_two_photos_on_jax():
 
 
 def test_in_graph_preprocessing_is_the_photos_lab():
-    """Preprocess with the identity warp (a jax.Array out) equals scikit-image's Lab of the photo, scaled
+    """The Preprocessor with the identity warp (a jax.Array out) equals scikit-image's Lab of the photo, scaled
     as the network sees it: L/50 - 1, ab/128."""
     rgb = np.stack([squash.resize_rgb(images.load_rgb(REPO / "data" / f"{n}.jpg"), 64) for n in ("coffee", "rocket")])
-    lightness, ab = Preprocess()(rgb, np.tile(np.eye(2, dtype=np.float32), (2, 1, 1)))
+    seen = Preprocessor(64, targets=True)(rgb, np.tile(np.eye(2, dtype=np.float32), (2, 1, 1)))
+    lightness, ab = seen["L"], seen["ab"]
     assert type(lightness).__module__.startswith("jax")  # computed by JAX, not by NumPy
     lab = skcolor.rgb2lab(rgb)
     np.testing.assert_allclose(np.asarray(lightness), color.scale_l(lab[..., :1]), atol=1e-4)

@@ -8,7 +8,7 @@ from koalarization import color
 from koalarization.config import UP, ModelConfig
 from koalarization.data import images, squash
 from koalarization.model.embedders import build_embedder
-from koalarization.model.preprocess import build_training_model
+from koalarization.model.task import build_training_model
 
 from conftest import REPO
 

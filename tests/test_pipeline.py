@@ -12,7 +12,7 @@ from koalarization.cli import main
 from koalarization.config import AugmentConfig
 from koalarization.data import batches
 from koalarization.model.losses import WeightedABLoss
-from koalarization.model.preprocess import Preprocess
+from koalarization.model.preprocessor import Preprocessor
 
 from conftest import synthetic_photo
 from test_cli import event_tags
@@ -30,12 +30,18 @@ def host_warp(rgb: np.ndarray, matrix: np.ndarray) -> np.ndarray:
                                        Image.Resampling.BILINEAR))
 
 
+def preprocess(rgb, affine, fill="nearest"):
+    """Training's Preprocessor on uint8 photos (B, S, S, 3) -> NumPy (L (B, S, S, 1), ab target (B, S, S, 2))."""
+    seen = Preprocessor(rgb.shape[1], fill=fill, targets=True)(rgb, affine)
+    return np.asarray(seen["L"]), np.asarray(seen["ab"])
+
+
 def test_in_graph_warp_and_lab_equal_the_host_arithmetic():
     rng = np.random.default_rng(1)
     rgb = np.stack([synthetic_photo(i, (32, 32)) for i in range(4)])
     aug = AugmentConfig(rotation=30, zoom=0.3, shear=10)
     affine = np.stack([batches.random_affine(rng, aug) for _ in range(4)]).astype(np.float32)
-    lightness, ab = (np.asarray(t) for t in Preprocess("nearest")(rgb, affine))
+    lightness, ab = preprocess(rgb, affine)
     expected = np.stack([host_warp(x, m) for x, m in zip(rgb, affine)])
     # The host's warp truncated its bilinear result to uint8: on average 0.5 darker, never more than 1.
     lab = color.rgb_to_lab(expected.astype(np.float64) / 255)
@@ -45,7 +51,7 @@ def test_in_graph_warp_and_lab_equal_the_host_arithmetic():
     np.testing.assert_allclose(color.unscale_ab(ab), lab[..., 1:], atol=1.0)  # ab moves less than 1 of 128
     # the identity matrix: exactly color.rgb_to_lab of the photo, within float32
     identity = np.tile(np.eye(2, dtype=np.float32), (4, 1, 1))
-    lightness, ab = (np.asarray(t) for t in Preprocess()(rgb, identity))
+    lightness, ab = preprocess(rgb, identity)
     lab = color.rgb_to_lab(rgb.astype(np.float64) / 255)
     np.testing.assert_allclose(lightness, color.scale_l(lab[..., :1]), atol=1e-4)
     np.testing.assert_allclose(ab, color.scale_ab(lab[..., 1:]), atol=1e-4)
@@ -53,10 +59,10 @@ def test_in_graph_warp_and_lab_equal_the_host_arithmetic():
 
 @pytest.mark.parametrize("fill", ["nearest", "reflect"])
 def test_warp_equals_keras_affine_transform(fill):
-    """preprocess.warp is keras.ops.image.affine_transform's bilinear sampling, in ops that XLA compiles."""
+    """preprocessor.warp is keras.ops.image.affine_transform's bilinear sampling, in ops that XLA compiles."""
     import keras
 
-    from koalarization.model.preprocess import affine_params, warp
+    from koalarization.model.preprocessor import affine_params, warp
 
     rng = np.random.default_rng(4)
     rgb = np.stack([synthetic_photo(i, (24, 24)) for i in range(3)])
@@ -72,8 +78,8 @@ def test_reflect_fill_mirrors_the_photo_instead_of_repeating_its_edge():
     rgb = np.zeros((1, 32, 32, 3), np.uint8)
     rgb[0, :, :4] = 255  # a white stripe along the left edge
     shrink = np.array([[[1.5, 0.0], [0.0, 1.0]]], np.float32)  # reads 25 % beyond each side
-    nearest, _ = Preprocess("nearest")(rgb, shrink)
-    reflect, _ = Preprocess("reflect")(rgb, shrink)
+    nearest, _ = preprocess(rgb, shrink, "nearest")
+    reflect, _ = preprocess(rgb, shrink, "reflect")
     left = lambda lightness: np.asarray(lightness)[0, 16, :8, 0]  # noqa: E731
     assert (left(nearest) > 0.9).all()  # the edge repeated: a wide white band
     assert (left(reflect)[:2] < -0.9).all() and (left(reflect)[3:5] > 0.9).all()  # black beyond the mirror

@@ -14,9 +14,9 @@ from koalarization import color
 from koalarization.config import AugmentConfig
 from koalarization.data import cache
 from koalarization.data.batches import BatchSource
-from koalarization.model.preprocess import Preprocess
 
 from corpus import deny_reads, make_corpus, reads_denied
+from test_pipeline import preprocess
 
 FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # The scaled ab of any sRGB colour: |a|, |b| <= 0.843 (measured over all 16.7 M colours: the extreme is
@@ -98,7 +98,7 @@ def test_batches_are_well_formed_for_any_mix_of_photos(corpus_cache, data, batch
         assert batch["rgb"].shape == (n, 16, 16, 3) and batch["rgb"].dtype == np.uint8
         assert batch["embedding"].shape == (n, 1000) and np.isfinite(batch["embedding"]).all()
         assert batch["weight"].ravel().tolist() == [1.0] * n
-        lightness, ab = (np.asarray(t) for t in Preprocess(fill)(batch["rgb"], batch["affine"]))
+        lightness, ab = preprocess(batch["rgb"], batch["affine"], fill)
         assert np.isfinite(lightness).all() and np.isfinite(ab).all()
         assert lightness.min() >= -1.0 - 1e-6 and lightness.max() <= 1.0 + 1e-6 and np.abs(ab).max() <= AB_BOUND
         seen.extend(batch["rgb"][:, 0, 0].tolist())

@@ -1,4 +1,4 @@
-"""inference/resize.py is Pillow's bilinear resize, so the exported model sees what colorize sees."""
+"""model/resize.py is Pillow's bilinear resize, so the exported model sees what colorize sees."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from koalarization.config import REDUCING_GAP
 from koalarization.data import squash
-from koalarization.inference import resize
+from koalarization.model import resize
 
 
 def pillow_squash(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -15,7 +16,7 @@ def pillow_squash(rgb: np.ndarray, side: int) -> np.ndarray:
 
 
 def graph_squash(rgb: np.ndarray, side: int) -> np.ndarray:
-    out = resize.squash_uint8(rgb[None].astype(np.float64), side, squash.REDUCING_GAP)
+    out = resize.squash_uint8(rgb[None].astype(np.float64), side, REDUCING_GAP)
     return np.asarray(out)[0].astype(np.int16)
 
 

@@ -30,7 +30,7 @@ from koalarization.data import cache, images, squash
 from koalarization.inference.evaluate import colorfulness, image_metrics
 from koalarization.model.embedders import build_embedder
 from koalarization.model.network import colorizer_of
-from koalarization.model.preprocess import build_training_model
+from koalarization.model.task import build_training_model
 from koalarization.training.train import make_optimizer
 
 EVAL = 128
@@ -57,7 +57,7 @@ def run(name, size, photos, embeddings, val, val_embeddings, args):
     seconds = time.time() - start
     small = np.stack([squash.resize_rgb(v, size) for v in val])
     ab = np.asarray(colorizer_of(model).predict([color.network_lightness(small), val_embeddings], verbose=0))
-    from koalarization.inference.colorize import join_lightness
+    from koalarization.inference.join import join_lightness
 
     rows = []
     for photo, predicted in zip(val, ab):

@@ -2,7 +2,7 @@
 
 For each size, a synthetic photo is written as a JPEG file, then colorized the way `koalarization colorize`
 does it, file to file: images.load_rgb (decode) -> Colorizer.colorize -> outputs.save_png_atomic (encode).
-The stages inside Colorizer.colorize are timed by its own hook (colorize.timed_stages):
+The stages inside Colorizer.colorize are timed by its own hook (inference/stages.py):
 
     decode    JPEG file -> uint8 RGB (libjpeg-turbo via Pillow), EXIF orientation applied
     lab       the network's inputs: the photo squashed to S and to the embedder's size, their L
@@ -31,7 +31,8 @@ from PIL import Image
 
 from koalarization.config import LATENCY_MEGAPIXELS, LATENCY_RUNS
 from koalarization.data import images, outputs
-from koalarization.inference.colorize import Colorizer, timed_stages
+from koalarization.inference.colorize import Colorizer
+from koalarization.inference.stages import timed_stages
 
 STAGES = ("decode", "lab", "network", "upsample", "pixels", "encode")
 JPEG_QUALITY = 92  # a camera's "fine" setting

@@ -101,12 +101,12 @@ def bench_preprocess(source, fill: str, jit_compile: bool, batches: int = 4) -> 
     or JAX's own), on `batches` batches of `source` (on a CPU-only machine the same cores feed the batches)."""
     import keras
 
-    from koalarization.model.preprocess import Preprocess
+    from koalarization.model.preprocessor import Preprocessor
 
     samples = [source.batch(i % len(source), 0)[0] for i in range(batches)]
     size = source.image_size
     rgb, affine = keras.Input((size, size, 3), dtype="uint8"), keras.Input((2, 2), dtype="float32")
-    model = keras.Model([rgb, affine], Preprocess(fill)(rgb, affine))
+    model = keras.Model([rgb, affine], Preprocessor(size, fill=fill, targets=True)(rgb, affine))
     model.compile(jit_compile=jit_compile)
     model.predict_on_batch([samples[0]["rgb"], samples[0]["affine"]])  # tracing, compilation
     start, photos = time.perf_counter(), 0

@@ -18,7 +18,7 @@ from koalarization.bench.memory import peak_rss_mb
 from koalarization.config import RunConfig
 from koalarization.data.batches import random_affine
 from koalarization.model.embedders import embedding_dim
-from koalarization.model.preprocess import batch_spec, build_training_model
+from koalarization.model.task import batch_spec, build_training_model
 from koalarization.training.train import make_optimizer, precision_policy
 
 

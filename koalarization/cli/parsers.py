@@ -33,6 +33,41 @@ from koalarization.config import (
 WEIGHTS_HELP = ("colorize.weights.h5 of a trained run (config.json beside it); default: the weights shipped "
                 "with koalarization (docs/model_card.md)")
 
+# Each command: (its line in `koalarization --help`, the description its own --help opens with).
+ABOUT = {
+    "train": ("train on folders of photos",
+             "Train Deep Koalarization. Every setting of the run has a flag; --config reruns a saved config.json "
+             "(flags given beside it override it)."),
+    "prepare": ("decode the photos and compute their embeddings once, ahead of train",
+               "Build the cache that train reads (train builds it itself when it is missing): every photo at the "
+               "working size, with its embedding."),
+    "test": ("colorize the held-out photos and measure them",
+            "Write predicted/, bw/, actual/, metrics.csv and summary.json."),
+    "colorize": ("colorize photos at their full resolution",
+                "Colorize photos; each output PNG keeps its photo's size and orientation."),
+    "serve": ("web page and HTTP API for colorizing photos",
+             "Serve the colorizing page at http://HOST:PORT/ and the API at /api (docs: /docs)."),
+    "export": ("export a trained model as a TensorFlow SavedModel or ONNX",
+              "Export the whole of colorize for serving elsewhere: input 'image', uint8 RGB (B, H, W, 3) at any "
+              "size; output the colorized photo, uint8 RGB (B, H, W, 3)."),
+    "check-embedder": ("ImageNet top-1 of an embedder on labelled photos",
+                      "Classify photos named nXXXXXXXX_label.JPEG (all 1000 classes present) and print top-1/top-5 accuracy"
+                      " and the time per image."),
+    "benchmark-colorize": ("latency of colorizing a 1 MP and a 12 MP photo, by stage",
+                          "Colorize synthetic JPEG files to PNG files as `colorize` does; print the median and min-max of each "
+                          "stage (decode ... encode), then one JSON object on the last line."),
+    "benchmark": ("measure the input pipeline or the training step",
+                 "Print photos/s (and more) as one JSON object on the last line."),
+    "benchmark pipeline": ("batches as `train` makes them: cache, batches, in-graph preprocessing", None),
+    "benchmark train": ("training steps of the model `train` builds, on synthetic batches", None),
+}
+
+
+def _command(subparsers, name: str, parents=()) -> argparse.ArgumentParser:
+    """The parser of command `name` ("benchmark train": a benchmark's), with ABOUT's texts."""
+    summary, description = ABOUT[name]
+    return subparsers.add_parser(name.rsplit(" ", 1)[-1], help=summary, description=description, parents=list(parents))
+
 
 def config_flags(parser, cls, section: str, only=None) -> None:
     """One flag per field of the config dataclass `cls` (nested ones included), named after the field, with
@@ -96,9 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(sub, shared) -> None:
-    p = sub.add_parser("train", help="train on folders of photos",
-                       description="Train Deep Koalarization. Every setting of the run has a flag; --config "
-                                   "reruns a saved config.json (flags given beside it override it).")
+    p = _command(sub, "train")
     p.add_argument("--config", metavar="FILE", help="a run's config.json to start from (e.g. the shipped "
                                                      "weights' koalarization/weights/config.json)")
     config_flags(p.add_argument_group("data and training"), TrainConfig, "train")
@@ -106,9 +139,7 @@ def _train(sub, shared) -> None:
 
 
 def _prepare(sub, shared) -> None:
-    p = sub.add_parser("prepare", help="decode the photos and compute their embeddings once, ahead of train",
-                       description="Build the cache that train reads (train builds it itself when it is "
-                                   "missing): every photo at the working size, with its embedding.")
+    p = _command(sub, "prepare")
     config_flags(p, TrainConfig, "train", only={"data", "data_list", "exclude_list", "image_size", "cache",
                                                 "workers", "embedder_weights"})
     config_flags(p, ModelConfig, "model", only={"embedder"})
@@ -120,8 +151,7 @@ def _colorizing_parents(shared) -> list[argparse.ArgumentParser]:
 
 
 def _test(sub, shared) -> None:
-    p = sub.add_parser("test", help="colorize the held-out photos and measure them", parents=_colorizing_parents(shared),
-                       description="Write predicted/, bw/, actual/, metrics.csv and summary.json.")
+    p = _command(sub, "test", _colorizing_parents(shared))
     p.add_argument("--data", default=None,
                    help="a folder the run trained on (its held-out photos there), or any folder (default: the "
                         "held-out photos of every folder the run trained on, from its split.json)")
@@ -133,8 +163,7 @@ def _test(sub, shared) -> None:
 
 
 def _colorize(sub, shared) -> None:
-    p = sub.add_parser("colorize", help="colorize photos at their full resolution", parents=_colorizing_parents(shared),
-                       description="Colorize photos; each output PNG keeps its photo's size and orientation.")
+    p = _command(sub, "colorize", _colorizing_parents(shared))
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files, folders (searched recursively) or globs")
     p.add_argument("--out", default=COLORIZE_OUT, metavar="DIR",
                    help=f"folder for the colorized PNGs, created if needed (default: {COLORIZE_OUT}/ in the working "
@@ -144,8 +173,7 @@ def _colorize(sub, shared) -> None:
 
 
 def _serve(sub, shared) -> None:
-    p = sub.add_parser("serve", help="web page and HTTP API for colorizing photos", parents=[shared["embedder_weights"]],
-                       description="Serve the colorizing page at http://HOST:PORT/ and the API at /api (docs: /docs).")
+    p = _command(sub, "serve", [shared["embedder_weights"]])
     p.add_argument("--weights", default=None, action="append",
                    help=WEIGHTS_HELP + "; give it twice to compare two models side by side")
     p.add_argument("--host", default=SERVE_HOST,
@@ -154,10 +182,7 @@ def _serve(sub, shared) -> None:
 
 
 def _export(sub, shared) -> None:
-    p = sub.add_parser("export", help="export a trained model as a TensorFlow SavedModel or ONNX",
-                       parents=[shared["weights"], shared["embedder_weights"]],
-                       description="Export the whole of colorize for serving elsewhere: input 'image', uint8 RGB "
-                                   "(B, H, W, 3) at any size; output the colorized photo, uint8 RGB (B, H, W, 3).")
+    p = _command(sub, "export", [shared["weights"], shared["embedder_weights"]])
     p.add_argument("--format", default=EXPORT_FORMATS[0], choices=EXPORT_FORMATS,
                    help="savedmodel: a TensorFlow SavedModel folder; onnx: one .onnx file (pip install -e "
                         f"\".[onnx]\") (default: {EXPORT_FORMATS[0]})")
@@ -167,10 +192,7 @@ def _export(sub, shared) -> None:
 
 
 def _check_embedder(sub, shared) -> None:
-    p = sub.add_parser("check-embedder", help="ImageNet top-1 of an embedder on labelled photos",
-                       parents=[shared["embedder_weights"]],
-                       description="Classify photos named nXXXXXXXX_label.JPEG (all 1000 classes present) "
-                                   "and print top-1/top-5 accuracy and the time per image.")
+    p = _command(sub, "check-embedder", [shared["embedder_weights"]])
     p.add_argument("--embedder", default="efficientnet_lite0",
                    help="the classifier to check: efficientnet_lite0, _lite1 or _lite2 (default: efficientnet_lite0)")
     p.add_argument("--data", required=True,
@@ -180,11 +202,7 @@ def _check_embedder(sub, shared) -> None:
 
 
 def _benchmark_colorize(sub, shared) -> None:
-    p = sub.add_parser("benchmark-colorize", help="latency of colorizing a 1 MP and a 12 MP photo, by stage",
-                       parents=[shared["weights"], shared["size"]],
-                       description="Colorize synthetic JPEG files to PNG files as `colorize` does; print the "
-                                   "median and min-max of each stage (decode ... encode), then one JSON object "
-                                   "on the last line.")
+    p = _command(sub, "benchmark-colorize", [shared["weights"], shared["size"]])
     p.add_argument("--runs", type=int, default=LATENCY_RUNS,
                    help=f"timed runs per size, after one warm-up run (default: {LATENCY_RUNS})")
     p.add_argument("--megapixels", type=float, nargs="+", default=list(LATENCY_MEGAPIXELS), metavar="MP",
@@ -197,10 +215,9 @@ def _benchmark_colorize(sub, shared) -> None:
 
 
 def _benchmark(sub, shared) -> None:
-    bench = sub.add_parser("benchmark", help="measure the input pipeline or the training step",
-                           description="Print photos/s (and more) as one JSON object on the last line.")
+    bench = _command(sub, "benchmark")
     kinds = bench.add_subparsers(dest="benchmark", required=True)
-    p = kinds.add_parser("pipeline", help="batches as `train` makes them: cache, batches, in-graph preprocessing")
+    p = _command(kinds, "benchmark pipeline")
     config_flags(p, TrainConfig, "train", only={"data", "batch_size", "image_size", "cache", "workers", "seed"})
     config_flags(p, ModelConfig, "model", only={"embedder"})
     p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
@@ -210,7 +227,7 @@ def _benchmark(sub, shared) -> None:
     p.add_argument("--memory-check", type=int, default=None, metavar="K",
                    help="compare peak memory of fresh runs with the photo list 1x and Kx as long")
     p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the memory check's runs
-    p = kinds.add_parser("train", help="training steps of the model `train` builds, on synthetic batches")
+    p = _command(kinds, "benchmark train")
     p.add_argument("--config", metavar="FILE", help="a run's config.json (default: the defaults, as train's)")
     config_flags(p, TrainConfig, "train", only={"batch_size", "image_size", "precision", "jit_compile"})
     config_flags(p, ModelConfig, "model", only={"embedder"})

@@ -7,7 +7,7 @@ batches, and every photo appears exactly once per epoch.
 
     BatchSource[i] -> ({"rgb": uint8 (B, S, S, 3) unwarped, "affine": float32 (B, 2, 2) random_affine's,
                         "embedding": float32 (B, D), "weight": float32 (B, 1, 1): 1, or 0 for padding},)
-    the layout of preprocess.batch_spec, which preprocess.build_training_model takes (augmentation, Lab and
+    the layout of task.batch_spec, which task.build_training_model takes (augmentation, Lab and
     scaling happen in its graph).
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from koalarization.config import AugmentConfig
 from koalarization.errors import KoalarizationError
-from koalarization.model.preprocess import batch_spec
+from koalarization.model.task import batch_spec
 
 
 # ----------------------------------------------------------------------------------------- augmentation

@@ -3,13 +3,15 @@
     resize_rgb(uint8 RGB (H, W, 3), S or (h, w)) -> uint8 RGB (S, S, 3) or (h, w, 3)
 
 The reference squashes every photo to a square without keeping the aspect ratio; so do we. The cache,
-`colorize` and `test` squash here; inference/resize.py repeats the same arithmetic in the graph for export.
+`colorize` and `test` squash here; model/resize.py repeats the same arithmetic in the graph for export.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+
+from koalarization.config import REDUCING_GAP
 
 
 def resize_rgb(rgb: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -20,9 +22,6 @@ def resize_rgb(rgb: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return resize_rgb_each(rgb, [size])[0]
 
 
-# Pillow shrinks by more than this many times in two steps (a box reduction, then bilinear): as good as one
-# bilinear pass to the eye and ~3x faster on a 12 MP photo. inference/resize.py repeats it in the graph.
-REDUCING_GAP = 3.0
 
 
 def resize_rgb_each(rgb: np.ndarray, sizes: list[int | tuple[int, int]]) -> list[np.ndarray]:

@@ -127,7 +127,7 @@ def score_photos(colorizer, files, saturation=1.0, temperature=None, batch_size=
     Returns (rows: one dict of metrics per readable photo, skipped: images.SkipLog). on_batch(items), if
     given, gets each batch as dicts {"path", "actual", "predicted", "bw", "row"} (uint8 RGB at the photos'
     own sizes)."""
-    from koalarization.inference.colorize import gray_from_lightness
+    from koalarization.inference.join import gray_from_lightness
 
     rows, skipped = [], images.SkipLog(log)
     for start in tqdm(range(0, len(files), batch_size), desc="test", unit="batch", leave=False):

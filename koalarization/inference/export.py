@@ -28,7 +28,6 @@ import numpy as np
 from koalarization.config import EXPORT_FORMATS, EXPORT_OUT
 from koalarization.errors import KoalarizationError
 from koalarization.files import atomic_path, first_line
-from koalarization.run import TrainedRun
 
 FORMATS = dict(zip(EXPORT_FORMATS, ("tf_saved_model", "onnx")))  # our names -> Keras' export formats
 
@@ -81,11 +80,9 @@ def export(run, fmt: str, out: str | Path, embedder_weights: str | None = None) 
             out.parent.mkdir(parents=True, exist_ok=True)
         else:
             raise KoalarizationError(f"out {out}: folder {out.parent} does not exist")
-    from koalarization.inference.photo_model import build_photo_model
-    from koalarization.model.embedders import get_spec
+    from koalarization.inference.colorize import Colorizer
 
-    network, cfg = TrainedRun.at(run).load(embedder_weights)
-    model = build_photo_model(network, cfg.train.image_size, get_spec(cfg.model.embedder).resolution)
+    model = Colorizer(run, embedder_weights=embedder_weights).photo_model()
     model(np.zeros((1, 8, 8, 3), np.uint8))  # Keras' ONNX export refuses a model never called
     try:
         # Keras prints the whole signature while exporting; the CLI prints one line instead.

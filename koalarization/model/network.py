@@ -14,7 +14,7 @@ the encoder's downsampling (8); the working size is a fact of training and data,
                                   upsampled x2), the weightless border context and ab gain
 
 Training does not run the embedder: its outputs are cached once per photo (cache.py) and the training model
-(preprocess.build_training_model) feeds them to the colorizer.
+(task.build_training_model) feeds them to the colorizer.
 """
 
 from __future__ import annotations

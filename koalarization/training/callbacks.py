@@ -97,7 +97,7 @@ class ValidationCurve(keras.callbacks.Callback):
 class ValidationImages(keras.callbacks.Callback):
     """Logs `count` validation photos each epoch to TensorBoard as bw | predicted | actual strips, predicted
     by `colorizer` (network.build_colorizer's) from fixed photos, so epochs are comparable: rgb uint8
-    (B, S, S, 3), embedding (B, D). The gray and predicted panels are `test`'s (colorize.gray_from_lightness
+    (B, S, S, 3), embedding (B, D). The gray and predicted panels are `test`'s (join.gray_from_lightness
     and join_lightness, at S x S): what a user would get for the photo at that size."""
 
     def __init__(self, log_dir: str | Path, colorizer: keras.Model, rgb: np.ndarray, embedding: np.ndarray,
@@ -111,7 +111,7 @@ class ValidationImages(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "images"))
 
     def on_epoch_end(self, epoch, logs=None):
-        from koalarization.inference.colorize import gray_from_lightness, join_lightness
+        from koalarization.inference.join import gray_from_lightness, join_lightness
 
         # predict, not predict_on_batch: under a tf.distribute strategy the latter gives one replica's share
         predicted_ab = np.asarray(self.colorizer.predict([self.lightness, self.embedding], verbose=0))

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from koalarization.errors import KoalarizationError
-from koalarization.model.preprocess import batch_spec
+from koalarization.model.task import batch_spec
 from koalarization.training.backup import Start
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from koalarization.errors import KoalarizationError
 from koalarization.files import write_text_atomic
 from koalarization.model import distribution
 from koalarization.model.network import colorizer_of
-from koalarization.model.preprocess import build_training_model
+from koalarization.model.task import build_training_model
 from koalarization.training import backup, distribute
 from koalarization.training.callbacks import CurvesPlot, LearningRateLog, ValidationCurve, ValidationImages
 

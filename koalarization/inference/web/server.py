@@ -25,6 +25,7 @@ abandoned upload, 408 an upload too slow, 413 body or pixels over the limit (dec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import logging
@@ -292,13 +293,8 @@ def create_app(runs: list, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels:
     ):
         # The body first, at most max_uploading at once and within read_body's deadline: a slow client holds
         # an upload place for seconds, never a work slot.
-        if not uploading.acquire(blocking=False):
-            raise HTTPException(503, f"busy: {max_uploading} uploads are being received; send again in "
-                                     f"{RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
-        try:
+        with _slot(uploading, f"{max_uploading} uploads are being received"):
             data, name, fields = await read_upload(request, max_upload_bytes)
-        finally:
-            uploading.release()
         options = _with_form_fields({"saturation": saturation, "temperature": temperature, "model": model,
                                      "format": format}, fields, last)
         chosen = colorizers[options["model"]]
@@ -313,22 +309,32 @@ def create_app(runs: list, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels:
                 return encode(chosen.colorize(rgb, options["saturation"], options["temperature"]),
                               options["format"]), note
 
-        if not admitted.acquire(blocking=False):
-            raise HTTPException(503, f"busy: {max_running} photos are being colorized and {max_waiting} more "
-                                     f"are waiting; send again in {RETRY_AFTER_S} s",
-                                headers={"Retry-After": str(RETRY_AFTER_S)})
-        try:
+        with _slot(admitted, f"{max_running} photos are being colorized and {max_waiting} more are waiting"):
             body, note = await run_in_threadpool(work)
-        finally:
-            admitted.release()
         # Two models' results of one photo must not get the same file name.
         label = labels[options["model"]] if len(colorizers) > 1 else None
-        headers = {"Content-Disposition": _disposition(name, label, options["format"])}
-        if note:  # an animated or multi-page file: say which frame the answer is
-            headers[FRAME_HEADER] = note
-        return Response(body, media_type=MEDIA_TYPES[options["format"]], headers=headers)
+        return _answer(body, options["format"], _disposition(name, label, options["format"]), note)
 
     return app
+
+
+@contextlib.contextmanager
+def _slot(slots: threading.BoundedSemaphore, busy: str):
+    """Hold one of `slots` for the block, or answer 503 at once (`busy`: what holds them all) with Retry-After."""
+    if not slots.acquire(blocking=False):
+        raise HTTPException(503, f"busy: {busy}; send again in {RETRY_AFTER_S} s",
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+def _answer(body: bytes, fmt: str, disposition: str, note: str | None) -> Response:
+    headers = {"Content-Disposition": disposition}
+    if note:  # an animated or multi-page file: say which frame the answer is
+        headers[FRAME_HEADER] = note
+    return Response(body, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
 def _add_page_and_docs(app: FastAPI) -> None:

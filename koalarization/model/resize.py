@@ -2,9 +2,9 @@
 exactly as `colorize` does (which calls Pillow) at sizes known only when it runs.
 
     squash_uint8(rgb, side)        uint8-valued float64 (B, H, W, C) -> (B, side, side, C): Image.resize(
-                                   (side, side), BILINEAR, reducing_gap=squash.REDUCING_GAP) of a uint8 image
+                                   (side, side), BILINEAR, reducing_gap=REDUCING_GAP) of a uint8 image
     resize_float(x, height, width) float32 (B, h, w, C) -> (B, height, width, C): Image.resize of an "F"
-                                   image, BILINEAR (what colorize.UpsampledAB computes for ab)
+                                   image, BILINEAR (what inference/join.UpsampledAB computes for ab)
 
 Pillow resamples one axis at a time (width first) with the triangle filter widened by the scale when
 shrinking, weights normalized over the pixels inside the image; for uint8 it rounds each pass to integers
@@ -24,6 +24,8 @@ beside the photo.
 from __future__ import annotations
 
 from keras import ops
+
+from koalarization.config import REDUCING_GAP
 
 PRECISION_BITS = 22  # Pillow's fixed-point weights for 8-bit images (32 - 8 - 2)
 
@@ -82,7 +84,7 @@ def _reduce(rgb, factor_y, factor_x):
     return ops.floor((sums + ops.floor(n / 2.0)) * multiplier / float(1 << 24))
 
 
-def squash_uint8(rgb, side: int, reducing_gap: float):
+def squash_uint8(rgb, side: int, reducing_gap: float = REDUCING_GAP):
     """uint8-valued float64 (B, H, W, C) -> Pillow's resize to (side, side), BILINEAR, reducing_gap, as
     uint8-valued float64 (B, side, side, C)."""
     height, width = ops.shape(rgb)[1], ops.shape(rgb)[2]
