@@ -3,6 +3,7 @@ through the training model that `train` builds (in-graph preprocessing, loss ins
 
 import keras
 import numpy as np
+import pytest
 
 from koalarization import color
 from koalarization.config import UP, ModelConfig
@@ -30,11 +31,11 @@ def overfit_two_photos(epochs: int = 400) -> tuple[float, float]:
              "embedding": np.asarray(build_embedder("tiny_random").predict_on_batch(seen)),
              "weight": np.ones((2, 1, 1), "float32")}
     model = build_training_model(cfg, 1000, 32)
-    # The reference optimiser (RMSprop 1e-3) and loss (MSE on ab, added inside the model).
-    model.compile(optimizer=keras.optimizers.RMSprop(1e-3), loss=None)
+    # The reference optimiser (RMSprop 1e-3) and loss (MSE on ab, the task's compute_loss).
+    model.compile(optimizer=keras.optimizers.RMSprop(1e-3))
     first = float(model.evaluate(batch, verbose=0, batch_size=2))
     target = color.network_ab(rgb)  # identity warp: the loss is plain MSE on the photos' ab
-    np.testing.assert_allclose(first, np.mean(np.square(model.predict_on_batch(batch) - target)), rtol=1e-4)
+    np.testing.assert_allclose(first, np.mean(np.square(model.predict_on_batch(batch)["prediction"] - target)), rtol=1e-4)
     history = model.fit(batch, epochs=epochs, batch_size=2, verbose=0)
     return first, min(history.history["loss"][-20:])
 
@@ -43,3 +44,14 @@ def test_overfits_two_photos():
     first, last = overfit_two_photos()
     assert first > 1e-3  # there is something to learn
     assert last < first / 10, (first, last)
+
+
+def test_the_training_task_refuses_a_loss_of_its_own():
+    """The loss lives in the task (compute_loss): a loss given to compile would be silently ignored."""
+    cfg = ModelConfig(encoder=((8, 2), (8, 2), (8, 2)), fusion_filters=8, decoder=(8, UP, 8, UP, 8, 8),
+                      embedder="tiny_random")
+    model = build_training_model(cfg, 1000, 16)
+    with pytest.raises(ValueError, match="without one"):
+        model.compile(optimizer="adam", loss="mse")
+    model.compile(optimizer="adam")
+    assert model.loss is None

@@ -48,7 +48,7 @@ def run(name, size, photos, embeddings, val, val_embeddings, args):
     keras.utils.set_random_seed(0)
     cfg = ModelConfig(embedder="efficientnet_lite0_pooled")
     model = build_training_model(cfg, embeddings.shape[1], size)
-    model.compile(optimizer=make_optimizer("adam", args.learning_rate), loss=None)
+    model.compile(optimizer=make_optimizer("adam", args.learning_rate))
     rng, start = np.random.default_rng(0), time.time()
     for _ in range(args.epochs):
         batch = {"rgb": photos, "affine": flips(len(photos), rng), "embedding": embeddings,

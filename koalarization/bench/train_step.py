@@ -43,7 +43,7 @@ def bench_train(cfg: RunConfig, steps: int = 5, warmup: int = 2) -> dict:
     keras.utils.set_random_seed(0)
     with precision_policy(t.precision):
         model = build_training_model(cfg.model, dim, t.image_size, t.augment.fill)
-        model.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate), loss=None, jit_compile=t.jit_compile)
+        model.compile(optimizer=make_optimizer(t.optimizer, t.learning_rate), jit_compile=t.jit_compile)
     x = synthetic_batch(cfg, dim)
     for _ in range(warmup):  # tracing, compilation, allocator warm-up
         model.train_on_batch(x)

@@ -123,7 +123,6 @@ class AnnealedMean(keras.layers.Layer):
         return {**super().get_config(), "temperature": self.initial_temperature}
 
 
-@keras.saving.register_keras_serializable(package="koalarization")
 class BinLoss(SampleWeightedLoss):
     """The rebalanced multinomial cross-entropy (Zhang eq. 2): for each cell of the decoder's grid,
     -v(q*) sum_k z_k log p(q_k), the q_k the true ab's nearest bins (nearest_bins), z_k their weights, v the
@@ -131,8 +130,7 @@ class BinLoss(SampleWeightedLoss):
 
     logits (B, S/2, S/2, Q); target ab (B, S, S, 2) scaled (the photo's, averaged over 2x2 to the grid)."""
 
-    def __init__(self, class_weights=None, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, class_weights=None):
         self.class_weights = None if class_weights is None else [float(w) for w in np.ravel(class_weights)]
 
     def per_cell(self, logits, target):
@@ -143,9 +141,6 @@ class BinLoss(SampleWeightedLoss):
         if self.class_weights is None:
             return per_cell
         return per_cell * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), indices[..., 0])
-
-    def get_config(self):
-        return {**super().get_config(), "class_weights": self.class_weights}
 
 
 # --------------------------------------------------------------------------------- the prior, in NumPy

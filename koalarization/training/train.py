@@ -234,7 +234,7 @@ def train(cfg: RunConfig, callbacks=(), verbose="auto", strategy=None) -> TrainR
     val_source = BatchSource(store, split.val, t.batch_size, seed=t.seed, shuffle=False, workers=t.workers)
     with place.scope(), precision_policy(t.precision):
         model = build_training_model(cfg.model, store.embedding_dim, t.image_size, t.augment.fill, class_weights)
-        model.compile(optimizer=make_optimizer(t.optimizer, learning_rate(cfg, len(train_source))), loss=None,
+        model.compile(optimizer=make_optimizer(t.optimizer, learning_rate(cfg, len(train_source))),
                       jit_compile=t.jit_compile)
         model.optimizer.build(model.trainable_variables)  # backups hold the optimizer's variables too
     start = _starting_state(model, place, output, split, source, resuming)
