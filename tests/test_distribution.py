@@ -65,7 +65,7 @@ def test_bin_loss_is_the_rebalanced_cross_entropy():
     target = color.network_ab(rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8))
     weight = np.array([1.0, 0.0], np.float32).reshape(2, 1, 1)
     class_weights = rng.uniform(0.5, 2.0, q)
-    got = float(distribution.BinLoss(class_weights)(logits, target, weight))
+    got = float(distribution.BinLoss(class_weights)(target, logits, sample_weight=weight))
     # NumPy: soft targets on the 2x2-averaged ab, cross-entropy, nearest bin's weight, photo 2 weighs 0
     ab = target.reshape(2, 4, 2, 4, 2, 2).mean(axis=(2, 4)) * color.AB_SCALE
     distance2 = ((ab[..., None, :] - distribution.bins()) ** 2).sum(-1)

@@ -55,3 +55,22 @@ def test_the_training_task_refuses_a_loss_of_its_own():
         model.compile(optimizer="adam", loss="mse")
     model.compile(optimizer="adam")
     assert model.loss is None
+
+
+def test_the_training_tasks_loss_weighs_each_photo():
+    """Padding (weight 0) adds nothing, and the sum is divided by the whole batch's cells, as Keras' sample
+    weights do: the loss of [real, padding] is half the real photo's own MSE."""
+    keras.utils.set_random_seed(1)
+    cfg = ModelConfig(encoder=((8, 2), (8, 2), (8, 2)), fusion_filters=8, decoder=(8, UP, 8, UP, 8, 8),
+                      embedder="tiny_random")
+    model = build_training_model(cfg, 1000, 16)
+    model.compile(optimizer="adam")
+    rng = np.random.default_rng(2)
+    batch = {"rgb": rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8),
+             "affine": np.tile(np.eye(2, dtype="float32"), (2, 1, 1)),
+             "embedding": rng.normal(size=(2, 1000)).astype("float32"),
+             "weight": np.array([1.0, 0.0], "float32").reshape(2, 1, 1)}
+    out = model.predict_on_batch(batch)
+    real = np.mean(np.square(out["prediction"][0] - out["target"][0]))
+    loss = float(model.evaluate(batch, verbose=0, batch_size=2))
+    assert loss == pytest.approx(real / 2, rel=1e-4)

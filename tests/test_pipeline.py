@@ -11,7 +11,6 @@ from koalarization import color
 from koalarization.cli import main
 from koalarization.config import AugmentConfig
 from koalarization.data import batches
-from koalarization.model.losses import WeightedABLoss
 from koalarization.model.preprocessor import Preprocessor
 
 from conftest import synthetic_photo
@@ -83,18 +82,6 @@ def test_reflect_fill_mirrors_the_photo_instead_of_repeating_its_edge():
     left = lambda lightness: np.asarray(lightness)[0, 16, :8, 0]  # noqa: E731
     assert (left(nearest) > 0.9).all()  # the edge repeated: a wide white band
     assert (left(reflect)[:2] < -0.9).all() and (left(reflect)[3:5] > 0.9).all()  # black beyond the mirror
-
-
-def test_loss_is_keras_weighted_mse():
-    rng = np.random.default_rng(0)
-    predicted = rng.uniform(-1, 1, (3, 8, 8, 2)).astype(np.float32)
-    target = rng.uniform(-1, 1, (3, 8, 8, 2)).astype(np.float32)
-    weight = np.array([1, 1, 0], np.float32)[:, None, None]
-    import keras
-
-    expected = keras.losses.MeanSquaredError()(target, predicted, sample_weight=weight)
-    got = WeightedABLoss()(predicted, target, weight)
-    assert float(np.asarray(got)) == pytest.approx(float(np.asarray(expected)), rel=1e-5)
 
 
 def test_train_end_to_end_writes_the_validation_images_and_curve(photo_dir, tmp_path, capsys):

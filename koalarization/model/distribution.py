@@ -33,7 +33,6 @@ from koalarization import color
 from koalarization.config import ModelConfig, check_temperature
 from koalarization.errors import KoalarizationError
 from koalarization.files import write_text_atomic
-from koalarization.model.losses import SampleWeightedLoss
 
 log = logging.getLogger(__name__)
 
@@ -123,24 +122,29 @@ class AnnealedMean(keras.layers.Layer):
         return {**super().get_config(), "temperature": self.initial_temperature}
 
 
-class BinLoss(SampleWeightedLoss):
+class BinLoss(keras.losses.Loss):
     """The rebalanced multinomial cross-entropy (Zhang eq. 2): for each cell of the decoder's grid,
     -v(q*) sum_k z_k log p(q_k), the q_k the true ab's nearest bins (nearest_bins), z_k their weights, v the
-    class weights (all ones: no rebalancing); averaged over the cells as losses.SampleWeightedLoss does.
+    class weights (all ones: no rebalancing); Keras' sample-weighted mean over the cells (each photo's
+    cells times its weight, 0 for padding; divided by B * h * w, and by the replicas under tf.distribute).
 
-    logits (B, S/2, S/2, Q); target ab (B, S, S, 2) scaled (the photo's, averaged over 2x2 to the grid)."""
+    y_true: ab (B, S, S, 2) scaled (the photo's, averaged over 2x2 to the grid); y_pred: logits (B, S/2, S/2, Q)."""
 
-    def __init__(self, class_weights=None):
+    def __init__(self, class_weights=None, name: str = "bin_loss"):
+        super().__init__(name=name)
         self.class_weights = None if class_weights is None else [float(w) for w in np.ravel(class_weights)]
 
-    def per_cell(self, logits, target):
-        log_p = logits - ops.logsumexp(logits, axis=-1, keepdims=True)
-        ab = ops.average_pool(target, 2, strides=2, padding="valid") * color.AB_SCALE  # (B, h, w, 2), Lab units
+    def call(self, y_true, y_pred):
+        log_p = y_pred - ops.logsumexp(y_pred, axis=-1, keepdims=True)
+        ab = ops.average_pool(y_true, 2, strides=2, padding="valid") * color.AB_SCALE  # (B, h, w, 2), Lab units
         indices, z = nearest_bins(ab)
         per_cell = -ops.sum(z * ops.take_along_axis(log_p, indices, axis=-1), axis=-1)  # (B, h, w)
         if self.class_weights is None:
             return per_cell
         return per_cell * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), indices[..., 0])
+
+    def get_config(self):
+        return {"name": self.name, "class_weights": self.class_weights}
 
 
 # --------------------------------------------------------------------------------- the prior, in NumPy

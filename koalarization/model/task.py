@@ -6,7 +6,7 @@
         the classification head the bins' logits (B, S/2, S/2, Q); "target": the photos' ab (B, S, S, 2)}
 
 The input threads only read uint8 photos and their cached embeddings (batches.BatchSource); everything else
-happens in the graph, once per batch. The loss (losses.WeightedABLoss, or distribution.BinLoss) is the
+happens in the graph, once per batch. The loss (Keras' MeanSquaredError on ab, or distribution.BinLoss) is the
 task's compute_loss, so it is compiled without one (keras-hub's Task: the model owns its preprocessing and
 its loss). The colorizer is network.build_colorizer's, a nested layer named "colorizer": checkpoints are
 the same as inference's.
@@ -18,7 +18,6 @@ import keras
 
 from koalarization.config import ModelConfig
 from koalarization.model import distribution
-from koalarization.model.losses import WeightedABLoss
 from koalarization.model.network import build_colorizer
 from koalarization.model.preprocessor import Preprocessor
 
@@ -35,7 +34,7 @@ def batch_spec(size: int, embedding_dim: int) -> dict[str, tuple[tuple[int, ...]
 class TrainingTask(keras.Model):
     """The training model: batch_spec's batch -> {"prediction": ab (B, S, S, 2), or for the classification
     head the bins' logits (B, S/2, S/2, Q); "target": the photos' own ab (B, S, S, 2), as the preprocessor
-    made it}. Its loss is `compute_loss`'s (losses.WeightedABLoss or distribution.BinLoss, per
+    made it}. Its loss is `compute_loss`'s (Keras' MeanSquaredError or distribution.BinLoss, per
     ModelConfig.loss), so compile it without one. class_weights: (Q,) the classification loss's rebalancing
     (distribution.rebalancing_weights), or None."""
 
@@ -45,8 +44,9 @@ class TrainingTask(keras.Model):
         seen = Preprocessor(size, fill=fill, targets=True, name="preprocess")(inputs["rgb"], inputs["affine"])
         prediction = build_colorizer(cfg, embedding_dim)([seen["L"], inputs["embedding"]])
         super().__init__(inputs, {"prediction": prediction, "target": seen["ab"]}, name="koalarization_training")
+        # Keras' losses: the sample-weighted mean over the cells, scaled for tf.distribute's replicas
         self.loss_function = (distribution.BinLoss(class_weights) if cfg.loss == "classification"
-                              else WeightedABLoss())
+                              else keras.losses.MeanSquaredError(name="ab_loss"))
 
     def compile(self, optimizer="rmsprop", **kwargs):
         if kwargs.pop("loss", None) is not None:
@@ -56,7 +56,7 @@ class TrainingTask(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The configured loss of the prediction against the preprocessor's target, each photo weighted by
         the batch's "weight" (0 for padding)."""
-        return self.loss_function(y_pred["prediction"], y_pred["target"], x["weight"])
+        return self.loss_function(y_pred["target"], y_pred["prediction"], sample_weight=x["weight"])
 
 
 def build_training_model(cfg: ModelConfig, embedding_dim: int, size: int, fill: str = "nearest",
