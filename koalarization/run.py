@@ -46,7 +46,7 @@ SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / WEIGHTS_FILE
 
 def _beside_weights(name: str) -> property:
     """A file of the run folder, read as an attribute: run.config_file is the folder's CONFIG_FILE."""
-    return property(lambda run: run.weights.parent / name, doc=f"the run's {name}")
+    return property(lambda run: run.folder / name, doc=f"the run's {name}")
 
 
 @dataclasses.dataclass(frozen=True)

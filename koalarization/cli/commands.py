@@ -35,7 +35,7 @@ def train(args) -> int:
 
 
 def _colorizing(args) -> dict:
-    """The flags `test` and `colorize` share (parsers.add_colorizing_flags), as their functions' keywords."""
+    """The flags `test` and `colorize` share (parsers._colorizing_parents), as their functions' keywords."""
     return {name: getattr(args, name) for name in ("size", "saturation", "batch_size", "embedder_weights",
                                                    "temperature")}
 

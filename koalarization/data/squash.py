@@ -15,13 +15,8 @@ from koalarization.config import REDUCING_GAP
 
 
 def resize_rgb(rgb: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """uint8 RGB (H, W, 3) -> uint8 RGB (size, size, 3) (or (h, w) for a tuple), bilinear with antialiasing.
-
-    The reference squashes every photo to a square without keeping the aspect ratio; so do we.
-    """
+    """uint8 RGB (H, W, 3) -> uint8 RGB (size, size, 3) (or (h, w) for a tuple), bilinear with antialiasing."""
     return resize_rgb_each(rgb, [size])[0]
-
-
 
 
 def resize_rgb_each(rgb: np.ndarray, sizes: list[int | tuple[int, int]]) -> list[np.ndarray]:

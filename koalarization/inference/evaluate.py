@@ -194,7 +194,7 @@ def evaluate(data, run, output=TEST_OUT, batch_size=TEST_BATCH, embedder_weights
             name = out_names[item["path"]]
             for folder in OUTPUT_FOLDERS:  # predicted/ is colorize's output, mark included: the same bytes
                 outputs.save_png_atomic(item[folder], output / folder / name,
-                                       text=outputs.OUTPUT_MARK if folder == "predicted" else None)
+                                        text=outputs.OUTPUT_MARK if folder == "predicted" else None)
             item["row"]["output"] = images.display_name(name)
             if item["path"] in in_grid:
                 grid.append({"name": images.display_name(item["path"].name), "bw": item["bw"],

@@ -92,21 +92,23 @@ class Preprocessor(keras.layers.Layer):
         super().__init__(**kwargs)
         self.size, self.resolution, self.fill, self.targets = int(size), resolution and int(resolution), fill, targets
 
-    @staticmethod
-    def squashed(image, side: int):
-        """uint8 (B, H, W, 3) -> uint8-valued int32 (B, side, side, 3), as Pillow squashes it."""
-        if tuple(image.shape[1:3]) == (side, side):
-            return ops.cast(image, "int32")
-        # float64: the fixed-point sums of Pillow's resize are exact integers (model/resize.py)
-        return ops.cast(resize.squash_uint8(ops.cast(image, "float64"), side), "int32")
-
     def call(self, image, affine=None):
-        rgb = self.squashed(image, self.size)
+        sides = [self.size] + ([self.resolution] if self.resolution else [])
+        # float64, made once for both sides: the fixed-point sums of Pillow's resize are exact integers there
+        # (model/resize.py). Not needed for a photo already at its side (training's S x S batches).
+        exact = ops.cast(image, "float64") if any(tuple(image.shape[1:3]) != (s, s) for s in sides) else None
+
+        def squashed(side):  # -> uint8-valued int32 (B, side, side, 3), as Pillow squashes the photo
+            if tuple(image.shape[1:3]) == (side, side):
+                return ops.cast(image, "int32")
+            return ops.cast(resize.squash_uint8(exact, side), "int32")
+
+        rgb = squashed(self.size)
         if affine is not None:
             rgb = ops.cast(ops.round(ops.clip(warp(rgb, affine, self.fill), 0.0, 255.0)), "int32")
         inputs = {"L": color.network_lightness(rgb, xp=ops)}
         if self.resolution:
-            inputs["L_embedder"] = color.network_lightness(self.squashed(image, self.resolution), xp=ops)
+            inputs["L_embedder"] = color.network_lightness(squashed(self.resolution), xp=ops)
         if self.targets:
             inputs["ab"] = color.network_ab(rgb, xp=ops)
         return inputs
