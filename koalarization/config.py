@@ -46,11 +46,38 @@ REFERENCE_ENCODER = ((64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), 
 REFERENCE_DECODER = (128, UP, 64, UP, 32, 16)
 
 
-def option(default, help: str, **kwargs):  # noqa: A002 - the argparse word
-    """A dataclass field with its help text (the CLI's flag help)."""
+def option(default, help: str, *, at_least=None, above=None, at_most=None, below=None, **kwargs):  # noqa: A002
+    """A dataclass field with its help text (the CLI's flag help; `help` is the argparse word). The bounds
+    and `choices` are checked by check_options when the config is made (from flags, code or a config.json);
+    None, where it is the default, is always allowed."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable default")
-    return field(default=default, metadata={"help": help, **kwargs})
+    bounds = {k: v for k, v in (("at least", at_least), ("above", above), ("at most", at_most), ("below", below))
+              if v is not None}
+    return field(default=default, metadata={"help": help, "bounds": bounds, **kwargs})
+
+
+_IN_BOUNDS = {"at least": lambda v, b: v >= b, "above": lambda v, b: v > b,
+              "at most": lambda v, b: v <= b, "below": lambda v, b: v < b}
+
+
+def check_options(config) -> None:
+    """Raise a one-line error naming the first field of the dataclass `config` that is outside its declared
+    `choices` or bounds (option())."""
+    for f in dataclasses.fields(config):
+        value, bounds = getattr(config, f.name), f.metadata.get("bounds", {})
+        if value is None and f.default is None:
+            continue
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise KoalarizationError(f"{f.name} {value}: choose one of {', '.join(choices)}")
+        if not bounds:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise KoalarizationError(f"{f.name} {value!r}: must be a number")
+        if not all(_IN_BOUNDS[word](value, bound) for word, bound in bounds.items()):  # NaN fails them all
+            wanted = " and ".join(f"{word} {bound:g}" for word, bound in bounds.items())
+            raise KoalarizationError(f"{f.name} {value:g}: must be {wanted}")
 
 
 def check_temperature(temperature) -> float:
@@ -69,20 +96,22 @@ class ModelConfig:
     logits over the ab bins (B, H/2, W/2, Q) (loss "classification", model/distribution.py)."""
 
     encoder: tuple = option(REFERENCE_ENCODER, "(filters, stride) of each 3x3 ReLU encoder conv", flag=False)
-    fusion_filters: int = option(256, "filters of the 1x1 conv after the fusion")
+    fusion_filters: int = option(256, "filters of the 1x1 conv after the fusion", at_least=1)
     decoder: tuple = option(REFERENCE_DECODER, "filters of the 3x3 decoder convs, or 'up'", flag=False)
     embedder: str = option("inception_resnet_v2", "global feature extractor (embedders.EMBEDDERS)")
     # Zhang et al.'s colorizer has BatchNorm after every conv; the reference does not.
     batch_norm: bool = option(False, "BatchNormalization after every hidden conv")
     # With one photo per class the near-one-hot class vector lets the network memorise each photo's colours.
-    embedding_dropout: float = option(0.0, "dropout on the global embedding while training")
+    embedding_dropout: float = option(0.0, "dropout on the global embedding while training", at_least=0, below=1)
     # Weightless, set after training (docs/model_card.md): MSE shrinks uncertain colours toward the mean, and a
     # gain chosen on held-out photos trades PSNR for colourfulness. network.ABGain.
-    ab_gain: float = option(1.0, "gain on how the predicted ab varies within each photo (1 = as trained)")
+    ab_gain: float = option(1.0, "gain on how the predicted ab varies within each photo (1 = as trained)",
+                             above=0, at_most=4)
     # Weightless: the convolutions pad with zeros, so the outer cells of the encoder grid see a gray frame
     # that the inside never sees, and predict different colours (a visible colour frame). Predicting on the
     # photo extended by its own mirror image and cropping moves that border outside the photo.
-    border_context: int = option(0, "pixels of mirrored photo added on each side at inference, then cropped")
+    border_context: int = option(0, "pixels of mirrored photo added on each side at inference, then cropped",
+                                  at_least=0)
     # The paper's MSE predicts the mean of the plausible colours (brown-gray when unsure); Zhang et al.'s
     # head predicts a distribution over ab bins instead: only the last layer differs (distribution.py).
     loss: str = option("mse", "mse: the paper's 2 tanh channels; classification: a distribution over ab bins",
@@ -95,14 +124,9 @@ class ModelConfig:
         # JSON gives lists; keep the dataclass hashable and comparable.
         object.__setattr__(self, "encoder", tuple(tuple(int(v) for v in e) for e in self.encoder))
         object.__setattr__(self, "decoder", tuple(d if d == UP else int(d) for d in self.decoder))
-        if not 0.0 < self.ab_gain <= 4.0:  # also refuses NaN
-            raise KoalarizationError(f"ab_gain {self.ab_gain}: must be above 0 and at most 4 (1 = as trained)")
-        if not 0.0 <= self.embedding_dropout < 1.0:
-            raise KoalarizationError(f"embedding_dropout {self.embedding_dropout}: must be in [0, 1)")
-        if self.loss not in LOSSES:
-            raise KoalarizationError(f"loss {self.loss}: choose one of {', '.join(LOSSES)}")
+        check_options(self)
         check_temperature(self.temperature)
-        if self.border_context < 0 or self.border_context % self.downsampling:
+        if self.border_context % self.downsampling:
             raise KoalarizationError(f"border_context {self.border_context}: must be a multiple of "
                                      f"{self.downsampling} (the encoder's downsampling), 0 or more")
         if self.downsampling != 2 * 2 ** self.decoder.count(UP):
@@ -135,13 +159,16 @@ class AugmentConfig:
     """
 
     enabled: bool = option(True, "augment the training photos")
-    shear: float = option(0.2, "shear angle range, degrees")
-    zoom: float = option(0.2, "zoom range: x and y scales in [1 - zoom, 1 + zoom]")
-    rotation: float = option(20.0, "rotation range, degrees")
+    shear: float = option(0.2, "shear angle range, degrees", at_least=0, below=90)
+    zoom: float = option(0.2, "zoom range: x and y scales in [1 - zoom, 1 + zoom]", at_least=0, below=1)
+    rotation: float = option(20.0, "rotation range, degrees", at_least=0, at_most=180)
     flip: bool = option(True, "random horizontal flips")
     # The reference repeats the nearest edge pixel: streaks along the borders of rotated photos.
     fill: str = option("nearest", "what fills pixels from outside the photo: nearest (edge) or reflect",
                        choices=FILLS)
+
+    def __post_init__(self):
+        check_options(self)
 
 
 @dataclass(frozen=True)
@@ -154,25 +181,30 @@ class TrainConfig:
                                  nargs="+", metavar="FILE")
     output: str = option("model_output", "run folder: weights, config.json, split.json, logs")
     image_size: int = option(256, "working size S: photos are squashed to S x S (a multiple of 8)")
-    epochs: int = option(100, "maximum epochs (EarlyStopping usually ends the run first)")
-    batch_size: int = option(32, "photos per step (global over all GPUs); the reference used 100 over 4 GPUs")
-    learning_rate: float = option(1e-3, "learning rate")
+    epochs: int = option(100, "maximum epochs (EarlyStopping usually ends the run first)", at_least=1)
+    batch_size: int = option(32, "photos per step (global over all GPUs); the reference used 100 over 4 GPUs",
+                             at_least=1)
+    learning_rate: float = option(1e-3, "learning rate", above=0)
     optimizer: str = option("rmsprop", "optimizer", choices=OPTIMIZERS)
-    seed: int = option(0, "split, shuffle and augmentation seed")
-    val_fraction: float = option(0.1275, "share of the photos kept for validation")
-    test_fraction: float = option(0.15, "share of the photos kept for `test`")
-    workers: int = option(4, "threads reading photos")
-    gpus: int = option(0, ">1: train on that many GPUs (TF_CONFIG: several machines; docs/distributed.md)")
+    seed: int = option(0, "split, shuffle and augmentation seed", at_least=0)
+    val_fraction: float = option(0.1275, "share of the photos kept for validation", above=0, below=1)
+    test_fraction: float = option(0.15, "share of the photos kept for `test`", above=0, below=1)
+    workers: int = option(4, "threads reading photos", at_least=1)
+    gpus: int = option(0, ">1: train on that many GPUs (TF_CONFIG: several machines; docs/distributed.md)",
+                        at_least=0)
     embedder_weights: str | None = option(None, "local weights file of the embedder", metavar="PATH")
-    early_stopping_patience: int = option(15, "epochs without improvement before stopping")
-    early_stopping_min_delta: float = option(1e-5, "smallest val_loss change that counts as improvement")
-    reduce_lr_factor: float = option(0.1, "learning rate factor on a plateau")
-    reduce_lr_patience: int = option(5, "epochs without improvement before reducing the learning rate")
-    min_learning_rate: float = option(1e-8, "floor of the learning rate")
+    early_stopping_patience: int = option(15, "epochs without improvement before stopping", at_least=0)
+    early_stopping_min_delta: float = option(1e-5, "smallest val_loss change that counts as improvement",
+                                             at_least=0)
+    reduce_lr_factor: float = option(0.1, "learning rate factor on a plateau", above=0, below=1)
+    reduce_lr_patience: int = option(5, "epochs without improvement before reducing the learning rate",
+                                     at_least=0)
+    min_learning_rate: float = option(1e-8, "floor of the learning rate", at_least=0)
     backup_every_steps: int | None = option(None, "also back up every N steps, not only every epoch",
-                                            metavar="N")
+                                            metavar="N", at_least=1)
     validate_every_steps: int | None = option(None, "also measure val_loss every N steps, into curve.csv "
-                                                    "(an epoch of a large data set is hours)", metavar="N")
+                                                    "(an epoch of a large data set is hours)",
+                                              metavar="N", at_least=1)
     cache: str | None = option(None, "cache folder of decoded photos and embeddings (default: automatic, "
                                      "under ~/.cache/koalarization)", metavar="DIR")
     precision: str = option("float32", "Keras dtype policy", choices=PRECISIONS)
@@ -190,17 +222,13 @@ class TrainConfig:
         for name in ("data", "data_list", "exclude_list"):  # a single path (older configs) -> a tuple
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value or ()))
-        if self.optimizer not in OPTIMIZERS:
-            raise KoalarizationError(f"optimizer {self.optimizer}: choose one of {', '.join(OPTIMIZERS)}")
-        if self.precision not in PRECISIONS:
-            raise KoalarizationError(f"precision {self.precision}: choose one of {', '.join(PRECISIONS)}")
-        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+        check_options(self)
+        if self.val_fraction + self.test_fraction >= 1:
             raise KoalarizationError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction}: "
-                                     "each must be in (0, 1), and their sum below 1")
-        if self.lr_schedule not in SCHEDULES:
-            raise KoalarizationError(f"lr_schedule {self.lr_schedule}: choose one of {', '.join(SCHEDULES)}")
-        if self.augment.fill not in FILLS:
-            raise KoalarizationError(f"fill {self.augment.fill}: choose one of {', '.join(FILLS)}")
+                                     "their sum must be below 1")
+        if self.min_learning_rate > self.learning_rate:
+            raise KoalarizationError(f"min_learning_rate {self.min_learning_rate:g}: must be at most "
+                                     f"learning_rate {self.learning_rate:g}")
 
 
 @dataclass(frozen=True)

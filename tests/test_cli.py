@@ -186,6 +186,17 @@ def test_unknown_embedder_is_one_clear_error(photo_dir, tmp_path, capsys):
     assert "unknown embedder" in capsys.readouterr().err
 
 
+def test_out_of_range_flags_are_one_line_naming_the_flag(photo_dir, tmp_path, capsys):
+    """Refused before any photo is read, so no run folder is started."""
+    for flag, value, message in (("--batch-size", "0", "--batch-size 0: must be at least 1"),
+                                 ("--reduce-lr-factor", "2", "--reduce-lr-factor 2: must be above 0 and below 1"),
+                                 ("--zoom", "1.5", "--zoom 1.5: must be at least 0 and below 1")):
+        assert main([*train_args(photo_dir, tmp_path / "run"), flag, value]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == f"koalarization train: error: {message}"
+    assert not (tmp_path / "run").exists()
+
+
 # What TensorFlow's C++ libraries write while they load (absl, oneDNN, CPU-feature notices).
 TF_START_UP = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard")
 

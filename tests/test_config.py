@@ -53,3 +53,44 @@ def test_config_errors_name_the_field():
         TrainConfig(val_fraction=0.6, test_fraction=0.5)
     with pytest.raises(KoalarizationError, match="^fill wrap"):
         TrainConfig(augment=AugmentConfig(fill="wrap"))
+
+
+@pytest.mark.parametrize("section, field, value, message", [
+    ("train", "batch_size", 0, "batch_size 0: must be at least 1"),  # was a ZeroDivisionError in the batch source
+    ("train", "epochs", 0, "epochs 0: must be at least 1"),
+    ("train", "learning_rate", -1e-3, "learning_rate -0.001: must be above 0"),  # trained uphill
+    ("train", "learning_rate", float("nan"), "learning_rate nan: must be above 0"),
+    ("train", "reduce_lr_factor", 2.0, "reduce_lr_factor 2: must be above 0 and below 1"),  # a Keras ValueError
+    ("train", "workers", 0, "workers 0: must be at least 1"),
+    ("train", "seed", -1, "seed -1: must be at least 0"),
+    ("train", "backup_every_steps", 0, "backup_every_steps 0: must be at least 1"),
+    ("train", "batch_size", "32", "batch_size '32': must be a number"),
+    ("train", "optimizer", "sgd", "optimizer sgd: choose one of rmsprop, adam"),
+    ("augment", "zoom", 1.0, "zoom 1: must be at least 0 and below 1"),  # a scale of 0 collapses the photo
+    ("augment", "rotation", -5.0, "rotation -5: must be at least 0 and at most 180"),
+    ("model", "fusion_filters", 0, "fusion_filters 0: must be at least 1"),
+    ("model", "embedding_dropout", 1.0, "embedding_dropout 1: must be at least 0 and below 1"),
+    ("model", "loss", "l1", "loss l1: choose one of mse, classification"),
+])
+def test_out_of_range_options_are_refused_with_the_field_and_its_range(section, field, value, message):
+    make = {"train": TrainConfig, "model": ModelConfig, "augment": lambda **kw: TrainConfig(augment=AugmentConfig(**kw))}
+    with pytest.raises(KoalarizationError) as err:
+        make[section](**{field: value})
+    assert str(err.value) == message
+
+
+def test_the_bounds_admit_their_edges_and_optional_fields_stay_optional():
+    cfg = TrainConfig(gpus=0, early_stopping_patience=0, min_learning_rate=0.0, learning_rate=1e-8,
+                      augment=AugmentConfig(zoom=0.0, rotation=180.0, shear=0.0))
+    assert cfg.backup_every_steps is None and cfg.validate_every_steps is None
+    with pytest.raises(KoalarizationError, match="^min_learning_rate 1e-07: must be at most learning_rate 1e-08$"):
+        TrainConfig(learning_rate=1e-8, min_learning_rate=1e-7)
+
+
+def test_a_config_file_out_of_range_names_the_file_and_the_field(tmp_path):
+    raw = json.loads(RunConfig().to_json())
+    raw["train"]["augment"]["zoom"] = 1.5
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(KoalarizationError, match=r"config\.json: zoom 1\.5: must be at least 0 and below 1$"):
+        RunConfig.load(path)

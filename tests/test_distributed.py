@@ -150,13 +150,13 @@ def long_epochs(tmp_path_factory):
 
 # -------------------------------------------------------------------------------------- fast unit checks
 def test_tf_config_names_this_worker_and_the_chief():
-    assert distribute.parse_tf_config(None) == distribute.Cluster(0, 1)
+    assert distribute.parse_tf_config(None) == (0, 1)
     config = {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "task": {"type": "worker", "index": 1}}
-    assert distribute.parse_tf_config(json.dumps(config)) == distribute.Cluster(2, 3)  # chief first
+    assert distribute.parse_tf_config(json.dumps(config)) == (2, 3)  # chief first
     config["task"] = {"type": "chief", "index": 0}
-    assert distribute.parse_tf_config(json.dumps(config)).is_chief
+    assert distribute.parse_tf_config(json.dumps(config)) == (0, 3)
     config = {"cluster": {"worker": ["b:1", "c:1"]}, "task": {"type": "worker", "index": 0}}
-    assert distribute.parse_tf_config(json.dumps(config)).is_chief  # no chief list: worker 0
+    assert distribute.parse_tf_config(json.dumps(config)) == (0, 2)  # no chief list: worker 0 is the chief
     for bad in ("{not json", json.dumps({"cluster": {"worker": ["b:1"]}, "task": {"type": "worker", "index": 3}}),
                 json.dumps({"cluster": {"ps": ["p:1"], "worker": ["b:1"]}, "task": {"type": "ps", "index": 0}})):
         with pytest.raises(KoalarizationError, match="TF_CONFIG"):
@@ -164,7 +164,7 @@ def test_tf_config_names_this_worker_and_the_chief():
 
 
 def test_only_the_chief_writes_to_the_output(tmp_path):
-    chief, other = distribute.Placement(), distribute.Placement(cluster=distribute.Cluster(1, 2))
+    chief, other = distribute.Placement(), distribute.Placement(worker=1, workers=2)
     assert chief.run_dir(tmp_path) == tmp_path
     temporary = other.run_dir(tmp_path)
     assert temporary != tmp_path and temporary.is_dir() and "worker1" in temporary.name
@@ -184,7 +184,7 @@ def test_workers_take_the_chiefs_state_and_refuse_other_photos():
         return total
 
     def worker(index, start, fingerprint, results):
-        place = distribute.Placement(object(), distribute.Cluster(index, 2), 2)
+        place = distribute.Placement(object(), worker=index, workers=2, replicas=2)
         place._sum = lambda array: exchange(index, array)
         variables = [keras.Variable(np.full((2, 3), 10.0 * index + 1)), keras.Variable(np.int64(5 + index))]
         try:

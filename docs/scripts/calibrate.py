@@ -23,7 +23,7 @@ import numpy as np
 
 from koalarization import color
 from koalarization.inference.evaluate import colorfulness, frame_statistic, image_metrics
-from koalarization.model.network import ABGain, MirrorPad, colorizer_of
+from koalarization.model.network import ABGain, colorizer_of, mirror_pad
 from koalarization.run import TrainedRun
 from koalarization.training.train import photo_cache
 
@@ -68,8 +68,8 @@ def main():
     base = baselines(photos, lightness)
     rows = []
     for border in BORDERS:
-        # the inference model's own layers: MirrorPad before the network, ABGain after it (network.py)
-        padded = np.asarray(MirrorPad(border)(lightness))
+        # the inference model's own steps: mirror_pad before the network, ABGain after it (network.py)
+        padded = np.asarray(mirror_pad(lightness, border))
         raw = np.asarray(colorizer.predict([padded, embeddings], batch_size=64, verbose=0))
         raw = raw[:, border : border + lightness.shape[1], border : border + lightness.shape[2]]
         for gain in args.gains:

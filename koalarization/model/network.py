@@ -120,24 +120,10 @@ def build_colorizer(cfg: ModelConfig, embedding_dim: int = 1000) -> keras.Model:
     return keras.Model([lightness, embedding], ab, name="colorizer")
 
 
-@keras.saving.register_keras_serializable(package="koalarization")
-class MirrorPad(layers.Layer):
-    """(B, H, W, C) -> (B, H + 2p, W + 2p, C), the border mirrored (ModelConfig.border_context; p < H, W)."""
-
-    def __init__(self, pad: int, **kwargs):
-        super().__init__(**kwargs)
-        self.pad = int(pad)
-
-    def call(self, x):
-        p = self.pad
-        return ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
-
-    def compute_output_shape(self, shape):
-        grow = lambda d: None if d is None else d + 2 * self.pad  # noqa: E731
-        return (shape[0], grow(shape[1]), grow(shape[2]), shape[3])
-
-    def get_config(self):
-        return {**super().get_config(), "pad": self.pad}
+def mirror_pad(x, pad: int):
+    """(B, H, W, C) -> (B, H + 2p, W + 2p, C), the border mirrored (ModelConfig.border_context; p < H, W).
+    Keras' own pad: a node of the model when `x` is a Keras input, a tensor when it is an array."""
+    return ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="reflect")
 
 
 def build_model(cfg: ModelConfig, embedder: keras.Model) -> keras.Model:
@@ -146,7 +132,7 @@ def build_model(cfg: ModelConfig, embedder: keras.Model) -> keras.Model:
     colorizer = build_colorizer(cfg, embedding_dim=embedder.output.shape[-1])
     lightness = keras.Input((None, None, 1), name="L")
     for_embedder = keras.Input((None, None, 1), name="L_embedder")
-    x = MirrorPad(cfg.border_context, name="border_context")(lightness) if cfg.border_context else lightness
+    x = mirror_pad(lightness, cfg.border_context) if cfg.border_context else lightness  # Colorizer checks p < S
     ab = colorizer([x, embedder(for_embedder)])
     if cfg.loss == "classification":
         ab = distribution.AnnealedMean(cfg.temperature, name="annealed_mean")(ab)

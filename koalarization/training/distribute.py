@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
@@ -36,23 +36,12 @@ from koalarization.training.backup import Start
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Cluster:
-    """This process's place in a job: worker `index` of `count`, in TensorFlow's order (chief first)."""
-
-    index: int = 0
-    count: int = 1
-
-    @property
-    def is_chief(self) -> bool:
-        return self.index == 0
-
-
-def parse_tf_config(text: str | None) -> Cluster:
-    """TF_CONFIG = {"cluster": {"chief": [addr], "worker": [addr, ...]}, "task": {"type": ..., "index": i}}.
+def parse_tf_config(text: str | None) -> tuple[int, int]:
+    """This process's place in the job, (worker, workers), in TensorFlow's order (chief first), from
+    TF_CONFIG = {"cluster": {"chief": [addr], "worker": [addr, ...]}, "task": {"type": ..., "index": i}}.
     Without a "chief" list, worker 0 is the chief."""
     if not text:
-        return Cluster()
+        return 0, 1
     try:
         raw = json.loads(text)
         tasks = [("chief", i) for i in range(len(raw["cluster"].get("chief", [])))]
@@ -67,28 +56,34 @@ def parse_tf_config(text: str | None) -> Cluster:
             f"TF_CONFIG: task {me[0]} {me[1]} in cluster {sorted(raw['cluster'])}: only 'chief' and 'worker' "
             "tasks are supported, and the task must be one of them"
         )
-    return Cluster(tasks.index(me), len(tasks))
+    return tasks.index(me), len(tasks)
 
 
 @dataclass
 class Placement:
-    """Where training runs. `replicas`: how many replicas share each global batch."""
+    """Where training runs: this process is `worker` of `workers` (0 is the chief); `replicas`: how many
+    replicas, over all workers, share each global batch."""
 
     strategy: object = None
-    cluster: Cluster = field(default_factory=Cluster)
+    worker: int = 0
+    workers: int = 1
     replicas: int = 1
+
+    @property
+    def is_chief(self) -> bool:
+        return self.worker == 0
 
     def scope(self):
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     def run_dir(self, output: Path) -> Path:
         """Where this process writes: --output on the chief, a new temporary folder on the other workers."""
-        if self.cluster.is_chief:
+        if self.is_chief:
             return output
-        return Path(tempfile.mkdtemp(prefix=f"koalarization-worker{self.cluster.index}-"))
+        return Path(tempfile.mkdtemp(prefix=f"koalarization-worker{self.worker}-"))
 
     def release(self, run_dir: Path) -> None:
-        if not self.cluster.is_chief:
+        if not self.is_chief:
             shutil.rmtree(run_dir, ignore_errors=True)
 
     def feed(self, source, epochs: tuple[int, int] | None = None):
@@ -103,12 +98,12 @@ class Placement:
         if train and source.batch_size % self.replicas:
             raise KoalarizationError(f"batch_size {source.batch_size} must be a multiple of the "
                                      f"{self.replicas} replicas that share each batch")
-        if self.cluster.count == 1:
+        if self.workers == 1:
             return source, [source]
         import tensorflow as tf
 
-        local = self.replicas // self.cluster.count
-        first, count = (self.cluster.index * local, self.replicas) if train else (0, local)
+        local = self.replicas // self.workers
+        first, count = (self.worker * local, self.replicas) if train else (0, local)
         views = [source.view(shard=(first + r, count), pad=source.pad, start=source.start) for r in range(local)]
         per_epoch, size = len(source) + source.start, source.image_size
         begin, end = (epochs[0] * per_epoch + source.start, epochs[1] * per_epoch) if train else (0, per_epoch)
@@ -137,7 +132,7 @@ class Placement:
     def sync(self, variables, start: Start, fingerprint: str) -> Start:
         """Several workers: all continue from the chief's `start` and `variables` (only the chief reads the
         backup), after checking that all of them split the same photos (`fingerprint`)."""
-        if self.cluster.count == 1:
+        if self.workers == 1:
             return start
         chief = json.loads(self._broadcast_bytes(json.dumps({"start": asdict(start), "fp": fingerprint}).encode()))
         if self._sum(np.array([float(chief["fp"] != fingerprint)]))[0]:
@@ -160,11 +155,11 @@ class Placement:
         return self.strategy.reduce("SUM", tf.constant(array, tf.float64), axis=None).numpy()
 
     def _broadcast(self, array: np.ndarray) -> np.ndarray:
-        return self._sum(array if self.cluster.is_chief else np.zeros_like(array))
+        return self._sum(array if self.is_chief else np.zeros_like(array))
 
     def _broadcast_bytes(self, data: bytes) -> bytes:
         length = int(self._broadcast(np.array([len(data)], np.float64))[0])
-        mine = np.frombuffer(data, np.uint8) if self.cluster.is_chief else np.zeros(length, np.uint8)
+        mine = np.frombuffer(data, np.uint8) if self.is_chief else np.zeros(length, np.uint8)
         return self._broadcast(mine.astype(np.float64)).astype(np.uint8).tobytes()
 
 
@@ -172,9 +167,9 @@ def placement(gpus: int = 0, strategy=None, environ=None) -> Placement:
     """The Placement for `--gpus` and the TF_CONFIG environment variable (or an explicit tf.distribute
     `strategy`, e.g. MirroredStrategy over logical CPU devices in tests). Call it before any other
     TensorFlow work: MultiWorkerMirroredStrategy must be created first."""
-    cluster = parse_tf_config((os.environ if environ is None else environ).get("TF_CONFIG"))
+    worker, workers = parse_tf_config((os.environ if environ is None else environ).get("TF_CONFIG"))
     backend = keras.backend.backend()
-    if strategy is None and cluster.count > 1:
+    if strategy is None and workers > 1:
         if backend != "tensorflow":
             raise KoalarizationError(f"TF_CONFIG: multi-worker training needs KERAS_BACKEND=tensorflow, not {backend}")
         import tensorflow as tf
@@ -186,7 +181,7 @@ def placement(gpus: int = 0, strategy=None, environ=None) -> Placement:
             if len(devices) < gpus:
                 raise KoalarizationError(f"gpus {gpus}: only {len(devices)} GPU(s) visible to JAX")
             keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices[:gpus]))
-            return Placement(None, Cluster(), gpus)
+            return Placement(None, replicas=gpus)
         if backend != "tensorflow":
             raise KoalarizationError(f"gpus needs the tensorflow or jax backend, not {backend}")
         import tensorflow as tf
@@ -200,8 +195,9 @@ def placement(gpus: int = 0, strategy=None, environ=None) -> Placement:
     import tensorflow as tf
 
     apply_keras_workaround()
-    multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and cluster.count > 1
-    return Placement(strategy, cluster if multi else Cluster(), strategy.num_replicas_in_sync)
+    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and workers > 1):
+        worker, workers = 0, 1
+    return Placement(strategy, worker, workers, strategy.num_replicas_in_sync)
 
 
 # ------------------------------------------------------------------- Keras 3 + MultiWorkerMirroredStrategy

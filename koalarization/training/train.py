@@ -187,7 +187,7 @@ def learning_rate(cfg: RunConfig, steps_per_epoch: int):
     if t.lr_schedule == "plateau":
         return t.learning_rate
     steps = max(1, t.epochs * steps_per_epoch)
-    return keras.optimizers.schedules.CosineDecay(t.learning_rate, steps, alpha=min(1.0, t.min_learning_rate / t.learning_rate))
+    return keras.optimizers.schedules.CosineDecay(t.learning_rate, steps, alpha=t.min_learning_rate / t.learning_rate)
 
 
 def make_optimizer(name: str, learning_rate) -> keras.optimizers.Optimizer:
@@ -290,12 +290,12 @@ def _fit(cfg, model, place, output, train_source, val_source, start, callbacks, 
         train_data, train_views = place.feed(train_source.view(pad=place.replicas > 1, start=skip), (first, last))
         val_data, val_views = place.feed(val_source)
         segment = Segment(output, colorizer_of(model), train_views + val_views, val_data,
-                          (shown["rgb"], shown["embedding"]), start, len(train_source), place.cluster.is_chief)
+                          (shown["rgb"], shown["embedding"]), start, len(train_source), place.is_chief)
         cbs = build_callbacks(cfg, segment, callbacks)
         # shuffle=False: the source shuffles per (seed, epoch); Keras would also reorder a PyDataset's batches
         # with Python's global random state, which a resumed run cannot reproduce.
         history = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=last, shuffle=False,
-                            steps_per_epoch=len(train_views[0]) if place.cluster.count > 1 else None,  # feed()
+                            steps_per_epoch=len(train_views[0]) if place.workers > 1 else None,  # feed()
                             callbacks=cbs, verbose=verbose)
         for key, values in history.history.items():
             merged.setdefault(key, []).extend(values)
