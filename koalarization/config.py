@@ -52,13 +52,25 @@ def option(default, help: str, *, at_least=None, above=None, at_most=None, below
     None, where it is the default, is always allowed."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable default")
-    bounds = {k: v for k, v in (("at least", at_least), ("above", above), ("at most", at_most), ("below", below))
-              if v is not None}
+    bounds = dict(at_least=at_least, above=above, at_most=at_most, below=below)
     return field(default=default, metadata={"help": help, "bounds": bounds, **kwargs})
 
 
-_IN_BOUNDS = {"at least": lambda v, b: v >= b, "above": lambda v, b: v > b,
-              "at most": lambda v, b: v <= b, "below": lambda v, b: v < b}
+_IN_BOUNDS = {"at_least": lambda v, b: v >= b, "above": lambda v, b: v > b,
+              "at_most": lambda v, b: v <= b, "below": lambda v, b: v < b}
+
+
+def in_range(name: str, value, *, at_least=None, above=None, at_most=None, below=None):
+    """`value` if it is a number within the bounds given, else a one-line error naming `name` (a config field
+    or a function's keyword; the CLI shows it as its flag): "batch_size 0: must be at least 1"."""
+    bounds = {k: b for k, b in dict(at_least=at_least, above=above, at_most=at_most, below=below).items()
+              if b is not None}
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise KoalarizationError(f"{name} {value!r}: must be a number")
+    if not all(_IN_BOUNDS[k](value, b) for k, b in bounds.items()):  # NaN fails them all
+        wanted = " and ".join(f"{k.replace('_', ' ')} {b:g}" for k, b in bounds.items())
+        raise KoalarizationError(f"{name} {value:g}: must be {wanted}")
+    return value
 
 
 def check_options(config) -> None:
@@ -71,13 +83,8 @@ def check_options(config) -> None:
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
             raise KoalarizationError(f"{f.name} {value}: choose one of {', '.join(choices)}")
-        if not bounds:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise KoalarizationError(f"{f.name} {value!r}: must be a number")
-        if not all(_IN_BOUNDS[word](value, bound) for word, bound in bounds.items()):  # NaN fails them all
-            wanted = " and ".join(f"{word} {bound:g}" for word, bound in bounds.items())
-            raise KoalarizationError(f"{f.name} {value:g}: must be {wanted}")
+        if any(b is not None for b in bounds.values()):
+            in_range(f.name, value, **bounds)
 
 
 def check_temperature(temperature) -> float:

@@ -197,6 +197,23 @@ def test_out_of_range_flags_are_one_line_naming_the_flag(photo_dir, tmp_path, ca
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["test", "--data", "DATA", "--batch-size", "0"], "test: error: --batch-size 0: must be at least 1"),  # range()
+    (["test", "--data", "DATA", "--limit", "-1"], "test: error: --limit -1: must be at least 1"),  # [:-1]
+    (["test", "--data", "DATA", "--grid-rows", "0"], "test: error: --grid-rows 0: must be at least 1"),  # matplotlib
+    (["colorize", "DATA", "--batch-size", "0"], "colorize: error: --batch-size 0: must be at least 1"),
+    (["serve", "--port", "70000"], "serve: error: --port 70000: must be at least 0 and at most 65535"),
+    (["benchmark", "train", "--warmup", "-1"], "benchmark: error: --warmup -1: must be at least 0"),
+])
+def test_out_of_range_numbers_of_the_other_commands_are_one_line(args, message, photo_dir, tmp_path, capsys,
+                                                                  monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert main([str(photo_dir) if a == "DATA" else a for a in args]) == 1
+    assert capsys.readouterr().err.strip() == f"koalarization {message}"
+    assert not any((tmp_path / "work").iterdir())  # refused before anything is written
+
+
 # What TensorFlow's C++ libraries write while they load (absl, oneDNN, CPU-feature notices).
 TF_START_UP = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard")
 

@@ -164,7 +164,7 @@ def test_tf_config_names_this_worker_and_the_chief():
 
 
 def test_only_the_chief_writes_to_the_output(tmp_path):
-    chief, other = distribute.Placement(), distribute.Placement(worker=1, workers=2)
+    chief, other = distribute.Placement(), distribute.Placement(worker_index=1, worker_count=2)
     assert chief.run_dir(tmp_path) == tmp_path
     temporary = other.run_dir(tmp_path)
     assert temporary != tmp_path and temporary.is_dir() and "worker1" in temporary.name
@@ -184,7 +184,7 @@ def test_workers_take_the_chiefs_state_and_refuse_other_photos():
         return total
 
     def worker(index, start, fingerprint, results):
-        place = distribute.Placement(object(), worker=index, workers=2, replicas=2)
+        place = distribute.Placement(object(), worker_index=index, worker_count=2, replicas=2)
         place._sum = lambda array: exchange(index, array)
         variables = [keras.Variable(np.full((2, 3), 10.0 * index + 1)), keras.Variable(np.int64(5 + index))]
         try:

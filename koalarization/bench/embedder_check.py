@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from koalarization.config import EMBEDDER_CHECK_LIMIT
+from koalarization.config import EMBEDDER_CHECK_LIMIT, in_range
 from koalarization.errors import KoalarizationError
 
 # Standard ImageNet evaluation: resize the shorter side to R / 0.875 (256 for R = 224), crop R.
@@ -64,6 +64,7 @@ def imagenet_top1(name: str, data_dir: str | Path, limit: int = EMBEDDER_CHECK_L
 
     from koalarization.model.efficientnet_lite import VARIANTS, build_efficientnet_lite
 
+    in_range("limit", limit, at_least=1)
     files, labels = labelled_photos(data_dir)
     files, labels = files[:limit], labels[:limit]
     if not files:

@@ -21,6 +21,7 @@ import sys
 import time
 
 from koalarization.bench.memory import PeakRSS, peak_rss_mb
+from koalarization.config import in_range
 
 
 def consume(source, steps: int) -> int:
@@ -55,6 +56,9 @@ def bench_pipeline(cfg, steps: int | None = None, repeat_list: int = 1, referenc
     from koalarization.data.batches import BatchSource
     from koalarization.training.train import photo_cache
 
+    for name, value, low in (("steps", steps, 1), ("repeat_list", repeat_list, 1), ("memory_check", memory_check, 2)):
+        if value is not None:  # memory_check compares the list 1x with Kx
+            in_range(name, value, at_least=low)
     t = cfg.train
     start = time.perf_counter()
     store = photo_cache(cfg, progress=False)

@@ -15,7 +15,7 @@ import numpy as np
 
 from koalarization.bench import flops
 from koalarization.bench.memory import peak_rss_mb
-from koalarization.config import RunConfig
+from koalarization.config import RunConfig, in_range
 from koalarization.data.batches import random_affine
 from koalarization.model.embedders import embedding_dim
 from koalarization.model.task import batch_spec, build_training_model
@@ -38,6 +38,8 @@ def synthetic_batch(cfg: RunConfig, dim: int) -> dict:
 def bench_train(cfg: RunConfig, steps: int = 5, warmup: int = 2) -> dict:
     """Time `steps` training steps (after `warmup` untimed ones) on synthetic batches in memory: what the
     device can do, with no input pipeline."""
+    in_range("steps", steps, at_least=1)
+    in_range("warmup", warmup, at_least=0)
     t = cfg.train
     dim = embedding_dim(cfg.model.embedder)
     keras.utils.set_random_seed(0)

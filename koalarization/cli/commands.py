@@ -7,6 +7,7 @@ import json
 import time
 
 from koalarization.cli.parsers import run_config_from_args
+from koalarization.config import in_range
 from koalarization.errors import KoalarizationError
 
 
@@ -116,8 +117,7 @@ def check_embedder(args) -> int:
 def benchmark_colorize(args) -> int:
     from koalarization.bench.latency import benchmark_latency
 
-    if args.runs < 1:
-        raise KoalarizationError(f"runs {args.runs}: must be at least 1")
+    in_range("runs", args.runs, at_least=1)
     if any(not 0 < mp <= 100 for mp in args.megapixels):
         sizes = " ".join(f"{mp:g}" for mp in args.megapixels)
         raise KoalarizationError(f"megapixels {sizes}: each must be above 0 and at most 100")

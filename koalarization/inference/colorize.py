@@ -26,7 +26,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from koalarization import color
-from koalarization.config import COLORIZE_BATCH, COLORIZE_OUT, MAX_SATURATION, check_temperature
+from koalarization.config import COLORIZE_BATCH, COLORIZE_OUT, MAX_SATURATION, check_temperature, in_range
 from koalarization.data import images, outputs
 from koalarization.data.cache import photo_inputs
 from koalarization.errors import KoalarizationError
@@ -154,6 +154,7 @@ def colorize_files(inputs: list[str], run, out_dir=COLORIZE_OUT, size=None, satu
     were there before), "out", "seconds"}."""
     start = time.perf_counter()
     saturation = _check_saturation(saturation)
+    in_range("batch_size", batch_size, at_least=1)
     out_dir = Path(out_dir)
     paths, left_out = expand_inputs(inputs)
     if left_out:
@@ -171,8 +172,8 @@ def colorize_files(inputs: list[str], run, out_dir=COLORIZE_OUT, size=None, satu
     replaced = sum(target.exists() for target in targets.values())
     skipped, done = images.SkipLog(log), 0
     with logging_redirect_tqdm(), tqdm(total=len(paths), unit="photo", disable=len(paths) < 2) as bar:
-        for first in range(0, len(paths), max(1, batch_size)):
-            wanted = paths[first : first + max(1, batch_size)]
+        for first in range(0, len(paths), batch_size):
+            wanted = paths[first : first + batch_size]
             batch = skipped.load_each(wanted, alone=len(paths) == 1)
             bar.update(len(wanted) - len(batch))
             results = colorizer.colorize_many([rgb for _, rgb in batch], saturation, temperature)

@@ -31,7 +31,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
 from koalarization import color
-from koalarization.config import GRID_ROWS, TEST_BATCH, TEST_OUT
+from koalarization.config import GRID_ROWS, TEST_BATCH, TEST_OUT, in_range
 from koalarization.data import images, outputs, squash
 from koalarization.errors import KoalarizationError
 from koalarization.files import write_text_atomic
@@ -174,6 +174,10 @@ def evaluate(data, run, output=TEST_OUT, batch_size=TEST_BATCH, embedder_weights
     saturation, temperature, size: as `colorize`'s."""
     from koalarization.inference.colorize import Colorizer
 
+    in_range("batch_size", batch_size, at_least=1)
+    in_range("grid_rows", grid_rows, at_least=1)
+    if limit is not None:  # files[:-1] would quietly leave out the last photo
+        in_range("limit", limit, at_least=1)
     run = TrainedRun.at(run)
     files = test_files(data, run)[:limit]
     if not files:

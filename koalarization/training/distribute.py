@@ -2,7 +2,7 @@
 that lets Keras 3 `fit` run under MultiWorkerMirroredStrategy (docs/distributed.md).
 
     placement(gpus, strategy=None) -> Placement
-        TF_CONFIG naming 2+ tasks   MultiWorkerMirroredStrategy: this process is worker `index` of `count`
+        TF_CONFIG naming 2+ tasks   MultiWorkerMirroredStrategy: this process is worker `worker_index` of `worker_count`
         --gpus N > 1                MirroredStrategy over N GPUs (JAX backend: keras.distribution.DataParallel)
         otherwise                   one device
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def parse_tf_config(text: str | None) -> tuple[int, int]:
-    """This process's place in the job, (worker, workers), in TensorFlow's order (chief first), from
+    """This process's place in the job, (worker_index, worker_count), in TensorFlow's order (chief first), from
     TF_CONFIG = {"cluster": {"chief": [addr], "worker": [addr, ...]}, "task": {"type": ..., "index": i}}.
     Without a "chief" list, worker 0 is the chief."""
     if not text:
@@ -61,17 +61,17 @@ def parse_tf_config(text: str | None) -> tuple[int, int]:
 
 @dataclass
 class Placement:
-    """Where training runs: this process is `worker` of `workers` (0 is the chief); `replicas`: how many
-    replicas, over all workers, share each global batch."""
+    """Where training runs: this process is worker `worker_index` of `worker_count` (0 is the chief);
+    `replicas`: how many replicas, over all workers, share each global batch."""
 
     strategy: object = None
-    worker: int = 0
-    workers: int = 1
+    worker_index: int = 0
+    worker_count: int = 1
     replicas: int = 1
 
     @property
     def is_chief(self) -> bool:
-        return self.worker == 0
+        return self.worker_index == 0
 
     def scope(self):
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
@@ -80,7 +80,7 @@ class Placement:
         """Where this process writes: --output on the chief, a new temporary folder on the other workers."""
         if self.is_chief:
             return output
-        return Path(tempfile.mkdtemp(prefix=f"koalarization-worker{self.worker}-"))
+        return Path(tempfile.mkdtemp(prefix=f"koalarization-worker{self.worker_index}-"))
 
     def release(self, run_dir: Path) -> None:
         if not self.is_chief:
@@ -98,12 +98,12 @@ class Placement:
         if train and source.batch_size % self.replicas:
             raise KoalarizationError(f"batch_size {source.batch_size} must be a multiple of the "
                                      f"{self.replicas} replicas that share each batch")
-        if self.workers == 1:
+        if self.worker_count == 1:
             return source, [source]
         import tensorflow as tf
 
-        local = self.replicas // self.workers
-        first, count = (self.worker * local, self.replicas) if train else (0, local)
+        local = self.replicas // self.worker_count
+        first, count = (self.worker_index * local, self.replicas) if train else (0, local)
         views = [source.view(shard=(first + r, count), pad=source.pad, start=source.start) for r in range(local)]
         per_epoch, size = len(source) + source.start, source.image_size
         begin, end = (epochs[0] * per_epoch + source.start, epochs[1] * per_epoch) if train else (0, per_epoch)
@@ -132,7 +132,7 @@ class Placement:
     def sync(self, variables, start: Start, fingerprint: str) -> Start:
         """Several workers: all continue from the chief's `start` and `variables` (only the chief reads the
         backup), after checking that all of them split the same photos (`fingerprint`)."""
-        if self.workers == 1:
+        if self.worker_count == 1:
             return start
         chief = json.loads(self._broadcast_bytes(json.dumps({"start": asdict(start), "fp": fingerprint}).encode()))
         if self._sum(np.array([float(chief["fp"] != fingerprint)]))[0]:
@@ -167,9 +167,9 @@ def placement(gpus: int = 0, strategy=None, environ=None) -> Placement:
     """The Placement for `--gpus` and the TF_CONFIG environment variable (or an explicit tf.distribute
     `strategy`, e.g. MirroredStrategy over logical CPU devices in tests). Call it before any other
     TensorFlow work: MultiWorkerMirroredStrategy must be created first."""
-    worker, workers = parse_tf_config((os.environ if environ is None else environ).get("TF_CONFIG"))
+    worker_index, worker_count = parse_tf_config((os.environ if environ is None else environ).get("TF_CONFIG"))
     backend = keras.backend.backend()
-    if strategy is None and workers > 1:
+    if strategy is None and worker_count > 1:
         if backend != "tensorflow":
             raise KoalarizationError(f"TF_CONFIG: multi-worker training needs KERAS_BACKEND=tensorflow, not {backend}")
         import tensorflow as tf
@@ -195,9 +195,9 @@ def placement(gpus: int = 0, strategy=None, environ=None) -> Placement:
     import tensorflow as tf
 
     apply_keras_workaround()
-    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and workers > 1):
-        worker, workers = 0, 1
-    return Placement(strategy, worker, workers, strategy.num_replicas_in_sync)
+    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and worker_count > 1):
+        worker_index, worker_count = 0, 1
+    return Placement(strategy, worker_index, worker_count, strategy.num_replicas_in_sync)
 
 
 # ------------------------------------------------------------------- Keras 3 + MultiWorkerMirroredStrategy

@@ -295,7 +295,7 @@ def _fit(cfg, model, place, output, train_source, val_source, start, callbacks, 
         # shuffle=False: the source shuffles per (seed, epoch); Keras would also reorder a PyDataset's batches
         # with Python's global random state, which a resumed run cannot reproduce.
         history = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=last, shuffle=False,
-                            steps_per_epoch=len(train_views[0]) if place.workers > 1 else None,  # feed()
+                            steps_per_epoch=len(train_views[0]) if place.worker_count > 1 else None,  # feed()
                             callbacks=cbs, verbose=verbose)
         for key, values in history.history.items():
             merged.setdefault(key, []).extend(values)

@@ -47,7 +47,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from koalarization.config import MAX_SATURATION, MAX_TEMPERATURE, SERVE_HOST, SERVE_PORT
+from koalarization.config import MAX_SATURATION, MAX_TEMPERATURE, SERVE_HOST, SERVE_PORT, in_range
 from koalarization.data import images
 from koalarization.errors import KoalarizationError
 from koalarization.inference.colorize import Colorizer
@@ -440,6 +440,7 @@ def serve(runs: list, host: str = SERVE_HOST, port: int = SERVE_PORT, **app_opti
     """Run the app with uvicorn until interrupted (Ctrl-C) or terminated (SIGTERM)."""
     import uvicorn
 
+    in_range("port", port, at_least=0, at_most=65535)  # 0: any free port
     # Python's default SIGTERM action ends the process without running atexit handlers, and uvicorn re-raises
     # the SIGTERM it caught once it has shut down gracefully. TensorFlow deletes its autograph modules
     # (__autograph_generated_file*.py in TMPDIR) in an atexit handler: leaving through SystemExit runs it.
