@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import numbers
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,20 +54,22 @@ def option(default, help: str, *, at_least=None, above=None, at_most=None, below
     None, where it is the default, is always allowed."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable default")
-    bounds = dict(at_least=at_least, above=above, at_most=at_most, below=below)
-    return field(default=default, metadata={"help": help, "bounds": bounds, **kwargs})
+    return field(default=default, metadata={"help": help, "bounds": _given(at_least, above, at_most, below), **kwargs})
 
 
-_IN_BOUNDS = {"at_least": lambda v, b: v >= b, "above": lambda v, b: v > b,
-              "at_most": lambda v, b: v <= b, "below": lambda v, b: v < b}
+_IN_BOUNDS = {"at_least": operator.ge, "above": operator.gt, "at_most": operator.le, "below": operator.lt}
+
+
+def _given(at_least, above, at_most, below) -> dict:
+    """The bounds that are set, by their keyword."""
+    return {k: b for k, b in zip(_IN_BOUNDS, (at_least, above, at_most, below)) if b is not None}
 
 
 def in_range(name: str, value, *, at_least=None, above=None, at_most=None, below=None):
     """`value` if it is a number within the bounds given, else a one-line error naming `name` (a config field
     or a function's keyword; the CLI shows it as its flag): "batch_size 0: must be at least 1"."""
-    bounds = {k: b for k, b in dict(at_least=at_least, above=above, at_most=at_most, below=below).items()
-              if b is not None}
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    bounds = _given(at_least, above, at_most, below)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # NumPy's numbers too
         raise KoalarizationError(f"{name} {value!r}: must be a number")
     if not all(_IN_BOUNDS[k](value, b) for k, b in bounds.items()):  # NaN fails them all
         wanted = " and ".join(f"{k.replace('_', ' ')} {b:g}" for k, b in bounds.items())
@@ -83,7 +87,7 @@ def check_options(config) -> None:
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
             raise KoalarizationError(f"{f.name} {value}: choose one of {', '.join(choices)}")
-        if any(b is not None for b in bounds.values()):
+        if bounds:
             in_range(f.name, value, **bounds)
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from koalarization.config import AugmentConfig, ModelConfig, RunConfig, TrainConfig
@@ -83,6 +84,7 @@ def test_the_bounds_admit_their_edges_and_optional_fields_stay_optional():
     cfg = TrainConfig(gpus=0, early_stopping_patience=0, min_learning_rate=0.0, learning_rate=1e-8,
                       augment=AugmentConfig(zoom=0.0, rotation=180.0, shear=0.0))
     assert cfg.backup_every_steps is None and cfg.validate_every_steps is None
+    assert TrainConfig(batch_size=np.int64(8), learning_rate=np.float32(1e-3)).batch_size == 8  # NumPy numbers
     with pytest.raises(KoalarizationError, match="^min_learning_rate 1e-07: must be at most learning_rate 1e-08$"):
         TrainConfig(learning_rate=1e-8, min_learning_rate=1e-7)
 
